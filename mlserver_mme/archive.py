@@ -1,0 +1,64 @@
+"""Unpacking downloaded artifacts safely.
+
+An artifact is a tar archive (``.tar.gz``, ``.tgz``, ``.tar``; compression is
+detected from the bytes) or a bare model file. Archives are extracted with
+tarfile's ``data`` filter, which refuses absolute names, names escaping the
+folder, links pointing outside it and device files; on top of it the total
+unpacked size and the number of members are capped.
+"""
+
+import lzma
+import os
+import shutil
+import tarfile
+import zlib
+
+MAX_MEMBERS = 10_000
+
+
+class UnsafeArchive(ValueError):
+    """The artifact cannot be unpacked safely or at all; the message says why."""
+
+
+def unpack(artifact: str, destination: str, max_bytes: int, bare_name: str) -> None:
+    """Unpack ``artifact`` into the (existing, empty) folder ``destination``.
+
+    A file that is not a tar archive is copied in as ``bare_name``.
+    """
+    if not tarfile.is_tarfile(artifact):
+        if os.path.getsize(artifact) > max_bytes:
+            raise UnsafeArchive(f"the model file is larger than the limit of {max_bytes} bytes")
+        shutil.copyfile(artifact, os.path.join(destination, bare_name))
+        return
+    budget = _Budget(max_bytes)
+    try:
+        with tarfile.open(artifact, "r:*") as tar:
+            tar.extractall(destination, filter=budget.filter)
+    except tarfile.FilterError as error:
+        raise UnsafeArchive(f"unsafe archive member: {error}") from None
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as error:
+        raise UnsafeArchive(f"the archive is corrupt or truncated: {error}") from None
+    except OSError as error:
+        if error.errno is not None:
+            raise  # a local fault (disk full, permissions), not a bad archive
+        # gzip and bz2 report bad streams as OSError without an errno
+        raise UnsafeArchive(f"the archive is corrupt or truncated: {error}") from None
+
+
+class _Budget:
+    """An extraction filter: tarfile's ``data`` filter plus size and count caps."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.total = 0
+        self.members = 0
+
+    def filter(self, member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+        member = tarfile.data_filter(member, path)
+        self.members += 1
+        if self.members > MAX_MEMBERS:
+            raise UnsafeArchive(f"the archive holds more than {MAX_MEMBERS} members")
+        self.total += member.size
+        if self.total > self.max_bytes:
+            raise UnsafeArchive(f"the archive unpacks to more than the limit of {self.max_bytes} bytes")
+        return member

@@ -1,0 +1,61 @@
+"""Settings of the multi-model layer.
+
+Read from the environment (``MLSERVER_MME_*``) first, then from
+``model_repository_implementation_args`` in MLServer's ``settings.json``, then the
+defaults below. Relative paths given in settings.json are taken relative to the
+folder that holds it (the one passed to ``mlserver start``).
+"""
+
+import os
+import tempfile
+from typing import Optional
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "MLSERVER_MME_"
+
+
+class MMESettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, protected_namespaces=())
+
+    model_prefix: str = "../examples/models"
+    """Where the model archives live: ``s3://bucket/path/``, a folder or a ``file://`` URL."""
+
+    cache_dir: str = os.path.join(tempfile.gettempdir(), "mlserver-mme")
+    """Local folder holding downloaded and unpacked models."""
+
+    allow_pickle: bool = False
+    """Load pickled boosters (pickle runs code on load: only for trusted artifacts)."""
+
+    max_unpacked_bytes: int = 4 * 1024**3
+    """Refuse an archive whose unpacked content is larger than this."""
+
+    load_wait_timeout: float = 60.0
+    """Seconds a request waits for its model to load before ModelNotReadyException (SageMaker: 60)."""
+
+    variant_name: str = "AllTraffic"
+    """Sent back in ``X-Amzn-Invoked-Production-Variant``."""
+
+    xgboost_nthread: int = 1
+    """Threads per XGBoost prediction: 1 suits many small models and small requests."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        # The environment wins over settings.json (passed as init arguments).
+        return env_settings, init_settings, dotenv_settings, file_secret_settings
+
+
+def load_settings(root: Optional[str] = None, **file_args) -> MMESettings:
+    """Settings from the environment over settings.json's arguments (paths relative to ``root``)."""
+    settings = MMESettings(**file_args)
+    if root and "MLSERVER_MME_MODEL_PREFIX" not in os.environ and _is_relative_path(settings.model_prefix):
+        settings = settings.model_copy(
+            update={"model_prefix": os.path.normpath(os.path.join(os.path.abspath(root), settings.model_prefix))}
+        )
+    return settings
+
+
+def _is_relative_path(prefix: str) -> bool:
+    return "://" not in prefix and not os.path.isabs(prefix)

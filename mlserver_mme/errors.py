@@ -1,0 +1,64 @@
+"""What can go wrong with a multi-model request, and how each protocol shows it.
+
+Each error is an ``MLServerError`` (so V2 clients get its status and message from
+MLServer's own handler) and carries the SageMaker error code, status and, for
+``ModelError``, the status the model itself answered (``original_status``): 4xx
+when the caller's payload is at fault, 5xx when the model is.
+"""
+
+from mlserver.errors import MLServerError
+
+
+class MMEError(MLServerError):
+    sagemaker_code = "InternalFailure"
+    sagemaker_status = 500
+    v2_status = 500
+    original_status = None  # only for ModelError
+
+    def __init__(self, message: str):
+        super().__init__(message, self.v2_status)
+        self.message = message
+
+
+class InvalidTarget(MMEError):
+    """The target model header is missing or is not a safe relative path."""
+
+    sagemaker_code, sagemaker_status, v2_status = "ValidationError", 400, 400
+
+
+class ArtifactNotFound(MMEError):
+    """Nothing under the model prefix at that path (or not readable)."""
+
+    sagemaker_code, sagemaker_status, v2_status = "ValidationError", 400, 404
+
+
+class StorageUnavailable(MMEError):
+    """The model store could not be reached; retrying later may work."""
+
+    sagemaker_code, sagemaker_status, v2_status = "ServiceUnavailable", 503, 503
+
+
+class BrokenModel(MMEError):
+    """The artifact cannot be unpacked or loaded."""
+
+    sagemaker_code, sagemaker_status, v2_status, original_status = "ModelError", 424, 422, 500
+
+
+class BadPayload(MMEError):
+    """The request body cannot be read as the Content-Type it claims, or the model rejects it."""
+
+    sagemaker_code, sagemaker_status, v2_status, original_status = "ModelError", 424, 400, 400
+
+
+class UnsupportedContentType(BadPayload):
+    original_status = v2_status = 415
+
+
+class UnsupportedAccept(BadPayload):
+    original_status = v2_status = 406
+
+
+class ModelNotReady(MMEError):
+    """The model is still loading after the caller's wait; the load goes on (boto3 retries this)."""
+
+    sagemaker_code, sagemaker_status, v2_status = "ModelNotReadyException", 429, 503

@@ -1,0 +1,82 @@
+"""Target-model paths and the MLServer (V2) names that stand for them.
+
+A target model is the path of an artifact relative to the model prefix, as
+SageMaker's ``X-Amzn-SageMaker-Target-Model`` header carries it. It is checked
+here before anything touches storage.
+
+V2 names must fit in one URL path segment, so paths are mapped to names by a
+reversible rule (a bijection between valid paths and names):
+
+1. every character other than ``A-Z a-z 0-9 . _ -`` is written as ``~XX``, the
+   upper-case hex of each of its UTF-8 bytes (``/`` becomes ``~2F``);
+2. a final ``.tar.gz`` is dropped; a path that does not end in ``.tar.gz`` gets a
+   final ``~`` instead (a lone ``~`` cannot come from rule 1).
+
+So ``Houston_TX.tar.gz`` is ``Houston_TX``, ``northeast/Boston_MA.tar.gz`` is
+``northeast~2FBoston_MA`` and a bare ``model.json`` is ``model.json~``.
+"""
+
+import re
+
+MAX_TARGET_LENGTH = 1024
+TAR_GZ = ".tar.gz"
+
+_SAFE = re.compile(r"[A-Za-z0-9._\-]")
+_ESCAPED = re.compile(r"(?:~[0-9A-F]{2})+")
+
+
+class InvalidTargetModel(ValueError):
+    """The target model is not a valid relative path; the message says why."""
+
+
+def validate_target(target: str) -> str:
+    """Return ``target`` if it is a safe relative path under the prefix, else raise."""
+    if not target:
+        raise InvalidTargetModel("the target model is empty")
+    if len(target) > MAX_TARGET_LENGTH:
+        raise InvalidTargetModel(f"the target model is longer than {MAX_TARGET_LENGTH} characters")
+    if not target.isprintable():
+        raise InvalidTargetModel("the target model holds a character that is not printable")
+    if target[0].isspace():
+        raise InvalidTargetModel("the target model starts with a space")
+    if "\\" in target:
+        raise InvalidTargetModel("the target model holds a backslash")
+    if target.startswith("/"):
+        raise InvalidTargetModel("the target model is an absolute path")
+    for segment in target.split("/"):
+        if segment == "":
+            raise InvalidTargetModel("the target model has an empty path segment")
+        if segment in (".", ".."):
+            raise InvalidTargetModel(f"the target model has a '{segment}' path segment")
+    return target
+
+
+def v2_name(target: str) -> str:
+    """The MLServer model name for a (valid) target model path."""
+    if target.endswith(TAR_GZ):
+        stem, suffix = target[: -len(TAR_GZ)], ""
+    else:
+        stem, suffix = target, "~"
+    escaped = "".join(c if _SAFE.fullmatch(c) else _escape(c) for c in stem)
+    return escaped + suffix
+
+
+def target_of(name: str) -> str:
+    """The target model path of a V2 name; raises InvalidTargetModel if no path maps to it."""
+    if name.endswith("~"):
+        stem, suffix = name[:-1], ""
+    else:
+        stem, suffix = name, TAR_GZ
+    try:
+        target = _ESCAPED.sub(lambda m: bytes.fromhex(m.group().replace("~", "")).decode("utf-8"), stem)
+    except UnicodeDecodeError:
+        raise InvalidTargetModel(f"'{name}' is not a model name") from None
+    target = validate_target(target + suffix)
+    # Only names produced by v2_name are accepted: this keeps the mapping one-to-one.
+    if v2_name(target) != name:
+        raise InvalidTargetModel(f"'{name}' is not a model name")
+    return target
+
+
+def _escape(char: str) -> str:
+    return "".join(f"~{byte:02X}" for byte in char.encode("utf-8"))

@@ -1,0 +1,133 @@
+"""An MLServer runtime for every XGBoost artifact SageMaker's containers write.
+
+The model folder holds ``xgboost-model`` (containers 1.3-1 ... 1.7-1 write the
+legacy binary format there, newer ones JSON or UBJSON, 0.90-1.2 a pickle), or
+``model.json`` / ``model.ubj`` / ``model.bst``, or a single model file. The
+format is told from the bytes, not the name. Pickles run code when loaded, so
+they are refused unless the operator allows them (``MLSERVER_MME_ALLOW_PICKLE``).
+"""
+
+import asyncio
+import os
+import pickle
+
+import numpy as np
+import xgboost as xgb
+from mlserver import MLModel
+from mlserver.codecs import NumpyRequestCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+from ..errors import BadPayload, BrokenModel
+from ..payloads import Features
+
+PREFERRED_FILES = ("xgboost-model", "model.json", "model.ubj", "model.bst")
+
+
+def find_model_file(folder: str) -> str:
+    """The model file of an unpacked artifact."""
+    for name in PREFERRED_FILES:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    files = [
+        name
+        for name in sorted(os.listdir(folder))
+        if not name.startswith(".") and os.path.isfile(os.path.join(folder, name))
+    ]
+    if len(files) == 1:
+        return os.path.join(folder, files[0])
+    raise BrokenModel(
+        f"no XGBoost model file in the artifact: expected one of {', '.join(PREFERRED_FILES)} "
+        f"or a single file, found {files or 'none'}"
+    )
+
+
+def model_format(data: bytes) -> str:
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if data[:1] == b"{":
+        return "json" if data[1:2] in (b'"', b"}", b" ", b"\n") else "ubj"
+    return "legacy-binary"
+
+
+def load_booster(path: str, allow_pickle: bool, nthread: int) -> xgb.Booster:
+    """Load any XGBoost artifact format; raises BrokenModel with the reason."""
+    with open(path, "rb") as file:
+        data = file.read()
+    kind = model_format(data)
+    try:
+        if kind == "pickle":
+            if not allow_pickle:
+                raise BrokenModel(
+                    "the artifact is a pickled model; pickles can run code when loaded, so they are only "
+                    "loaded when the server is started with MLSERVER_MME_ALLOW_PICKLE=true"
+                )
+            booster = pickle.loads(data)
+            if not isinstance(booster, xgb.Booster):
+                booster = getattr(booster, "get_booster", lambda: None)()
+            if not isinstance(booster, xgb.Booster):
+                raise BrokenModel("the pickle does not hold an XGBoost Booster or scikit-learn model")
+        else:
+            booster = xgb.Booster()
+            booster.load_model(bytearray(data))
+    except BrokenModel:
+        raise
+    except Exception as error:  # xgboost raises XGBoostError, pickle many kinds
+        raise BrokenModel(f"XGBoost could not load the {kind} model file: {_first_line(error)}") from None
+    booster.set_param({"nthread": nthread})
+    return booster
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else type(error).__name__
+
+
+class XGBoostModel(MLModel):
+    """Serves one XGBoost booster, through V2 and through the SageMaker router.
+
+    ``parameters.uri`` is the unpacked artifact's folder; ``parameters.extra`` may
+    hold ``allow_pickle`` (bool) and ``nthread`` (int).
+    """
+
+    async def load(self) -> bool:
+        parameters = self.settings.parameters
+        options = parameters.extra or {}
+        path = find_model_file(parameters.uri)
+        # Reading and parsing a model takes milliseconds to seconds: keep it off the event loop.
+        self._booster = await asyncio.to_thread(
+            load_booster, path, bool(options.get("allow_pickle", False)), int(options.get("nthread", 1))
+        )
+        self._num_features = self._booster.num_features()
+        return True
+
+    def predict_features(self, features: Features) -> np.ndarray:
+        """Predictions for a matrix of feature rows, exactly as ``Booster.predict`` gives them."""
+        if features.shape[1] > self._num_features:
+            raise BadPayload(
+                f"the model takes {self._num_features} features but a row has {features.shape[1]}"
+            )
+        if features.shape[1] < self._num_features:
+            if isinstance(features, np.ndarray):
+                raise BadPayload(
+                    f"the model takes {self._num_features} features but a row has {features.shape[1]}"
+                )
+            features.resize((features.shape[0], self._num_features))  # libsvm: trailing features absent
+        try:
+            return self._booster.inplace_predict(features, validate_features=False)
+        except xgb.core.XGBoostError as error:
+            raise BadPayload(f"XGBoost rejected the input: {_first_line(error)}") from None
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        features = self.decode_request(payload, default_codec=NumpyRequestCodec)
+        if not isinstance(features, np.ndarray):
+            raise BadPayload("send one numeric tensor of feature rows")
+        if features.ndim == 1:
+            features = features.reshape(1, -1)
+        if features.ndim != 2:
+            raise BadPayload(f"the input must be a matrix of feature rows, not shape {features.shape}")
+        predictions = self.predict_features(features)
+        return self.encode_response(predictions, default_codec=NumpyRequestCodec)
+
+    async def unload(self) -> bool:
+        self._booster = None
+        return True
