@@ -27,7 +27,7 @@ from .archive import UnsafeArchive, unpack
 from .errors import ArtifactNotFound, BrokenModel, StorageUnavailable
 from .store import ObjectMissing, Store, StoreUnavailable
 
-logger = logging.getLogger("mlserver_mme")
+logger = logging.getLogger("mlserver.mme")
 
 
 @dataclass(frozen=True)

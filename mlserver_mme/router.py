@@ -34,7 +34,7 @@ from .payloads import Features, decode, encode, negotiate
 from .repository import MMERepository
 from .runtimes.xgboost import XGBoostModel
 
-logger = logging.getLogger("mlserver_mme")
+logger = logging.getLogger("mlserver.mme")
 
 TARGET_MODEL = "x-amzn-sagemaker-target-model"
 
@@ -56,7 +56,7 @@ class SageMakerRouter(MLModel):
     async def invocations(self, request: Request) -> Response:
         return await self._invoke(request)
 
-    @custom_handler(rest_path="/endpoints/{EndpointName}/invocations")
+    @custom_handler(rest_path="/endpoints/{EndpointName:path}/invocations")
     async def endpoint_invocations(self, request: Request) -> Response:
         return await self._invoke(request)
 
@@ -82,8 +82,9 @@ class SageMakerRouter(MLModel):
             content, content_type = encode(predictions, response_kind)
             return Response(
                 content,
-                media_type=content_type,
                 headers={
+                    # set as is: starlette would add "; charset=utf-8" to text/csv
+                    "Content-Type": content_type,
                     "X-Amzn-Invoked-Production-Variant": self._repository.settings.variant_name,
                     "x-amzn-RequestId": request_id,
                 },
@@ -152,7 +153,9 @@ async def _predict(model: MLModel, features: Features) -> np.ndarray:
         features = features.toarray()
     try:
         response = await model.predict(NumpyRequestCodec.encode_request(features))
-        return np.asarray(NumpyRequestCodec.decode_response(response))
+        predictions = np.asarray(NumpyRequestCodec.decode_response(response))
+        # V2 outputs carry one value per row as an (n, 1) tensor: answer a list, as for XGBoost
+        return predictions.ravel() if predictions.ndim == 2 and predictions.shape[1] == 1 else predictions
     except MMEError:
         raise
     except MLServerError as error:

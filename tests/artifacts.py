@@ -1,0 +1,111 @@
+"""Model artifacts for the tests, made from the bundled legacy-binary examples.
+
+Each entry of ``build()`` maps a target path to the bytes stored under the prefix.
+"""
+
+import io
+import json
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import xgboost as xgb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples", "models")
+EXPECTED = json.load(open(os.path.join(ROOT, "tests", "fixtures", "expected_1_7_6.json")))
+ROWS = EXPECTED["rows"]
+
+
+def example_targets() -> list:
+    return sorted(EXPECTED["predictions"])
+
+
+def example_bytes(target: str) -> bytes:
+    with open(os.path.join(EXAMPLES, target), "rb") as file:
+        return file.read()
+
+
+def legacy_model_bytes(target: str = "Houston_TX.tar.gz") -> bytes:
+    with tarfile.open(os.path.join(EXAMPLES, target)) as tar:
+        return tar.extractfile("xgboost-model").read()
+
+
+def booster(target: str = "Houston_TX.tar.gz") -> xgb.Booster:
+    model = xgb.Booster()
+    model.load_model(bytearray(legacy_model_bytes(target)))
+    return model
+
+
+def predict(model_bytes: bytes, rows=ROWS) -> list:
+    """What xgboost itself predicts for a (non-pickle) model file, as Python floats."""
+    model = xgb.Booster()
+    model.load_model(bytearray(model_bytes))
+    return [float(v) for v in model.predict(xgb.DMatrix(np.asarray(rows, dtype=np.float64)))]
+
+
+def tar_bytes(members: dict, mode: str = "w:gz") -> bytes:
+    """A tar archive of regular files ``{name: bytes}``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def tar_with(member: tarfile.TarInfo, data: bytes = b"") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.addfile(member, io.BytesIO(data) if data else None)
+    return buffer.getvalue()
+
+
+def symlink_member(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    return info
+
+
+def build() -> dict:
+    """Target path -> stored bytes, for every artifact the end-to-end tests use."""
+    houston = booster()
+    as_json = bytes(houston.save_raw("json"))
+    as_ubj = bytes(houston.save_raw("ubj"))
+    legacy = legacy_model_bytes()
+    artifacts = {target: example_bytes(target) for target in example_targets()}
+    artifacts.update(
+        {
+            # every format and name SageMaker's containers write
+            "formats/json-as-xgboost-model.tar.gz": tar_bytes({"xgboost-model": as_json}),
+            "formats/ubj-as-xgboost-model.tar.gz": tar_bytes({"xgboost-model": as_ubj}),
+            "formats/model-json.tar.gz": tar_bytes({"model.json": as_json}),
+            "formats/model-ubj.tar.gz": tar_bytes({"model.ubj": as_ubj}),
+            "formats/model-bst.tar.gz": tar_bytes({"model.bst": legacy}),
+            "formats/legacy.tgz": tar_bytes({"xgboost-model": legacy}),
+            "formats/plain.tar": tar_bytes({"./xgboost-model": legacy}, mode="w"),
+            "formats/bare-model.json": as_json,
+            "formats/xgboost-model": legacy,
+            # for single-flight and one-download checks, each used by one test only
+            "once/v2-then-sagemaker.tar.gz": tar_bytes({"xgboost-model": legacy}),
+            "once/concurrent.tar.gz": tar_bytes({"xgboost-model": legacy}),
+            "once/unload-reload.tar.gz": tar_bytes({"xgboost-model": legacy}),
+            # broken ones
+            "broken/corrupt.tar.gz": b"\x1f\x8b\x08\x00" + b"not really gzip" * 10,
+            "broken/truncated.tar.gz": tar_bytes({"xgboost-model": legacy})[:2000],
+            "broken/not-a-model.tar.gz": tar_bytes({"xgboost-model": b"this is not a model"}),
+            "broken/two-files.tar.gz": tar_bytes({"a.bin": legacy, "b.bin": legacy}),
+            "broken/traversal.tar.gz": tar_bytes({"../escaped": b"x", "xgboost-model": legacy}),
+            "broken/absolute.tar.gz": tar_bytes({"/tmp/absolute-member": b"x"}),
+            "broken/symlink.tar.gz": tar_with(symlink_member("xgboost-model", "/etc/passwd")),
+            "broken/pickle.tar.gz": tar_bytes({"xgboost-model": pickle.dumps(houston)}),
+            # a model served by another MLServer runtime, named in the archive
+            "custom/doubler.tar.gz": tar_bytes(
+                {"model-settings.json": json.dumps({"implementation": "doubler.Doubler"}).encode()}
+            ),
+        }
+    )
+    return artifacts

@@ -1,0 +1,76 @@
+import os
+import sys
+
+import boto3
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from artifacts import build  # noqa: E402
+from mlserver_process import MLServerProcess  # noqa: E402
+from s3server import CountingS3Server  # noqa: E402
+
+BUCKET = "models"
+PREFIX = "mme/"
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def artifacts():
+    return build()
+
+
+@pytest.fixture(scope="session")
+def s3(artifacts):
+    """Moto's S3 server on loopback, holding every test artifact under s3://models/mme/."""
+    server = CountingS3Server().start()
+    client = boto3.client("s3", endpoint_url=server.url, **_lower(CREDENTIALS))
+    client.create_bucket(Bucket=BUCKET)
+    for target, data in artifacts.items():
+        client.put_object(Bucket=BUCKET, Key=PREFIX + target, Body=data)
+    server.client = client
+    yield server
+    server.stop()
+
+
+def s3_env(s3) -> dict:
+    return {
+        **CREDENTIALS,
+        "AWS_ENDPOINT_URL_S3": s3.url,
+        "MLSERVER_MME_MODEL_PREFIX": f"s3://{BUCKET}/{PREFIX}",
+    }
+
+
+@pytest.fixture(scope="session")
+def server(s3, tmp_path_factory):
+    """One mlserver process serving s3://models/mme/, shared by the end-to-end tests."""
+    work = tmp_path_factory.mktemp("server")
+    process = MLServerProcess(
+        {**s3_env(s3), "MLSERVER_MME_CACHE_DIR": str(work / "cache")}, str(work / "mlserver.log")
+    ).start()
+    yield process
+    process.stop()
+    print(process.log()[-5000:])
+
+
+@pytest.fixture(scope="session")
+def sagemaker(server):
+    """An unmodified boto3 sagemaker-runtime client pointed at the server."""
+    return boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=server.url,
+        config=boto3.session.Config(retries={"max_attempts": 1, "mode": "standard"}),
+        **_lower(CREDENTIALS),
+    )
+
+
+def _lower(credentials: dict) -> dict:
+    return {
+        "aws_access_key_id": credentials["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": credentials["AWS_SECRET_ACCESS_KEY"],
+        "region_name": credentials["AWS_DEFAULT_REGION"],
+    }

@@ -1,0 +1,71 @@
+"""A real ``mlserver start model-settings/`` process on free loopback ports."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MLSERVER = os.path.join(os.path.dirname(sys.executable), "mlserver")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MLServerProcess:
+    def __init__(self, env: dict, log_path: str, settings_dir: str = os.path.join(ROOT, "model-settings")):
+        self.http_port = free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "MLSERVER_HOST": "127.0.0.1",
+            "MLSERVER_HTTP_PORT": str(self.http_port),
+            "MLSERVER_GRPC_PORT": str(free_port()),
+            "MLSERVER_METRICS_PORT": str(free_port()),
+            # the tiny custom runtime used by the tests lives in tests/runtimes
+            "PYTHONPATH": os.pathsep.join(filter(None, [os.path.join(ROOT, "tests", "runtimes"), os.environ.get("PYTHONPATH")])),
+            **env,
+        }
+        self.settings_dir = settings_dir
+        self.process = None
+
+    def start(self, timeout: float = 60.0) -> "MLServerProcess":
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [MLSERVER, "start", self.settings_dir], env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlserver exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/ping", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"mlserver did not answer /ping within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        with open(self.log_path, "rb") as file:
+            return file.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process:
+            self._log.close()
