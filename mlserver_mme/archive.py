@@ -14,6 +14,8 @@ import tarfile
 import zlib
 
 MAX_MEMBERS = 10_000
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")  # gzip, bzip2, xz
 
 
 class UnsafeArchive(ValueError):
@@ -25,7 +27,7 @@ def unpack(artifact: str, destination: str, max_bytes: int, bare_name: str) -> N
 
     A file that is not a tar archive is copied in as ``bare_name``.
     """
-    if not tarfile.is_tarfile(artifact):
+    if not _looks_like_archive(artifact, bare_name):
         if os.path.getsize(artifact) > max_bytes:
             raise UnsafeArchive(f"the model file is larger than the limit of {max_bytes} bytes")
         shutil.copyfile(artifact, os.path.join(destination, bare_name))
@@ -45,6 +47,15 @@ def unpack(artifact: str, destination: str, max_bytes: int, bare_name: str) -> N
         raise UnsafeArchive(f"the archive is corrupt or truncated: {error}") from None
 
 
+def _looks_like_archive(path: str, name: str) -> bool:
+    """Named or compressed like an archive: then it must unpack, or it is corrupt."""
+    if name.endswith(ARCHIVE_SUFFIXES):
+        return True
+    with open(path, "rb") as file:
+        head = file.read(6)
+    return head.startswith(COMPRESSED_MAGIC) or tarfile.is_tarfile(path)
+
+
 class _Budget:
     """An extraction filter: tarfile's ``data`` filter plus size and count caps."""
 
@@ -54,6 +65,9 @@ class _Budget:
         self.members = 0
 
     def filter(self, member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+        if member.name.startswith("/"):
+            # the data filter would strip the slash; an absolute name is refused instead
+            raise tarfile.AbsolutePathError(member)
         member = tarfile.data_filter(member, path)
         self.members += 1
         if self.members > MAX_MEMBERS:

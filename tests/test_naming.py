@@ -1,0 +1,45 @@
+import pytest
+
+from mlserver_mme.naming import InvalidTargetModel, target_of, v2_name, validate_target
+
+
+@pytest.mark.parametrize(
+    "target, name",
+    [
+        ("Houston_TX.tar.gz", "Houston_TX"),
+        ("northeast/Boston_MA.tar.gz", "northeast~2FBoston_MA"),
+        ("model.json", "model.json~"),
+        ("a b/ü~.tgz", "a~20b~2F~C3~BC~7E.tgz~"),
+        ("x.tar.gz.tar.gz", "x.tar.gz"),
+        ("x.tar.gz", "x"),
+        ("x", "x~"),
+    ],
+)
+def test_names_round_trip(target, name):
+    assert v2_name(target) == name
+    assert target_of(name) == target
+
+
+def test_distinct_paths_get_distinct_names():
+    targets = ["a.tar.gz", "a", "a.tgz", "a/b.tar.gz", "a~2Fb.tar.gz", "a~.tar.gz", "A.tar.gz", "a.tar.gz.tar.gz"]
+    names = [v2_name(t) for t in targets]
+    assert len(set(names)) == len(targets)
+
+
+@pytest.mark.parametrize("name", ["a~b", "~2f", "~", "a~2Fb~~", "~C3", "x~7", "~2F..~2Fetc", "a~2F~2Fb"])
+def test_names_no_path_maps_to_are_refused(name):
+    with pytest.raises(InvalidTargetModel):
+        target_of(name)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["", " a.tar.gz", "/abs.tar.gz", "a\\b.tar.gz", "a//b.tar.gz", "a/", "../a.tar.gz", "a/../../b", "./a", "a\x00b", "a\nb", "x" * 1025],
+)
+def test_invalid_targets(target):
+    with pytest.raises(InvalidTargetModel):
+        validate_target(target)
+
+
+def test_longest_target_is_valid():
+    assert validate_target("x" * 1024) == "x" * 1024
