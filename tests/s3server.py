@@ -1,6 +1,7 @@
 """A real S3 HTTP endpoint on loopback (moto's server) that counts the requests it serves."""
 
 import collections
+import logging
 import threading
 from urllib.parse import unquote
 
@@ -10,6 +11,7 @@ from werkzeug.serving import make_server
 
 class CountingS3Server:
     def __init__(self):
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
         self.requests = collections.Counter()  # (method, path) -> count
         self._lock = threading.Lock()
         app = DomainDispatcherApplication(create_backend_app)
