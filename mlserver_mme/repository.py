@@ -24,7 +24,7 @@ from mlserver.settings import ModelParameters, ModelSettings
 from . import mlserver_internals
 from .cache import ArtifactCache
 from .config import load_settings
-from .errors import StorageUnavailable
+from .errors import BrokenModel, StorageUnavailable
 from .naming import InvalidTargetModel, target_of, v2_name
 from .store import StoreUnavailable, open_store
 
@@ -70,10 +70,8 @@ class MMERepository(SchemalessModelRepository):
         name = v2_name(target)
         own_settings = os.path.join(artifact.folder, OWN_SETTINGS)
         if os.path.isfile(own_settings):
-            with open(own_settings) as file:
-                declared = json.load(file)
             # Never import code from inside an artifact: the runtime must be installed.
-            settings = ModelSettings.model_validate({**declared, "name": name})
+            settings = _declared_settings(own_settings, target, name)
         else:
             settings = ModelSettings(name=name, implementation=XGBOOST_RUNTIME)
         parameters = settings.parameters or ModelParameters()
@@ -98,3 +96,12 @@ class MMERepository(SchemalessModelRepository):
             implementation=XGBOOST_RUNTIME,
             parameters=ModelParameters(extra={"target_model": target}),
         )
+
+
+def _declared_settings(path: str, target: str, name: str) -> ModelSettings:
+    try:
+        with open(path) as file:
+            declared = json.load(file)
+        return ModelSettings.model_validate({**declared, "name": name})
+    except (ValueError, TypeError) as error:  # bad JSON, or pydantic's ValidationError
+        raise BrokenModel(f"The {OWN_SETTINGS} of '{target}' is not valid: {error}") from None

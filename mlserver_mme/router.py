@@ -137,6 +137,7 @@ class SageMakerRouter(MLModel):
         settings = await self._repository.settings_for(target)
         started = time.perf_counter()
         try:
+            # MLServer imports the runtime and calls its load(): any failure there is the model's
             await self._registry.load(settings)
         except MMEError:
             raise

@@ -102,6 +102,10 @@ def build() -> dict:
             "broken/absolute.tar.gz": tar_bytes({"/tmp/absolute-member": b"x"}),
             "broken/symlink.tar.gz": tar_with(symlink_member("xgboost-model", "/etc/passwd")),
             "broken/pickle.tar.gz": tar_bytes({"xgboost-model": pickle.dumps(houston)}),
+            "broken/bad-settings.tar.gz": tar_bytes({"model-settings.json": b"{not json"}),
+            "broken/missing-runtime.tar.gz": tar_bytes(
+                {"model-settings.json": json.dumps({"implementation": "no_such_module.Model"}).encode()}
+            ),
             # a model served by another MLServer runtime, named in the archive
             "custom/doubler.tar.gz": tar_bytes(
                 {"model-settings.json": json.dumps({"implementation": "doubler.Doubler"}).encode()}

@@ -87,6 +87,8 @@ def test_unknown_model_names_bucket_and_key(sagemaker):
         ("broken/absolute.tar.gz", "unsafe archive member"),
         ("broken/symlink.tar.gz", "unsafe archive member"),
         ("broken/pickle.tar.gz", "MLSERVER_MME_ALLOW_PICKLE"),
+        ("broken/bad-settings.tar.gz", "model-settings.json of 'broken/bad-settings.tar.gz' is not valid"),
+        ("broken/missing-runtime.tar.gz", "no_such_module"),
     ],
 )
 def test_broken_artifact_is_a_model_error_and_others_keep_serving(sagemaker, target, reason):
