@@ -8,11 +8,17 @@ Layout under ``cache_dir``::
 
 ``<key>`` is a hash of the model prefix and the target path. A model is built
 in ``partial/`` and published with one ``rename``, so a crash never leaves a
-half-unpacked model under ``models/``. One fetch runs per model at a time, in
+half-unpacked model under ``models/``; deletion renames it back into
+``partial/`` first for the same reason. One fetch runs per model at a time, in
 a thread (single flight): concurrent callers wait for the same result.
+
+Artifacts found on disk at start-up are reused once their ETag matches the
+store's. Past ``disk_limit`` bytes, the least recently used artifacts that are
+not loaded are deleted.
 """
 
 import asyncio
+import collections
 import hashlib
 import json
 import logging
@@ -21,10 +27,11 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 from .archive import UnsafeArchive, unpack
 from .errors import ArtifactNotFound, BrokenModel, StorageUnavailable
+from .metrics import metrics
 from .store import ObjectMissing, Store, StoreUnavailable
 
 logger = logging.getLogger("mlserver.mme")
@@ -35,51 +42,85 @@ class LocalArtifact:
     target: str
     folder: str  # the unpacked content
     etag: str
-    size: int  # bytes downloaded
+    unpacked_bytes: int
 
 
 class ArtifactCache:
-    def __init__(self, store: Store, prefix: str, cache_dir: str, max_unpacked_bytes: int):
+    def __init__(self, store: Store, prefix: str, cache_dir: str, max_unpacked_bytes: int, disk_limit: Optional[int]):
         self.store = store
         self.prefix = prefix
         self.max_unpacked_bytes = max_unpacked_bytes
+        self.disk_limit = disk_limit
         self.models_dir = os.path.join(cache_dir, "models")
         self.partial_dir = os.path.join(cache_dir, "partial")
         os.makedirs(self.models_dir, exist_ok=True)
         os.makedirs(self.partial_dir, exist_ok=True)
-        self._known: Dict[str, LocalArtifact] = {}  # fetched or checked by this process
+        # target -> artifact on disk, least recently used first
+        self._on_disk: "collections.OrderedDict[str, LocalArtifact]" = collections.OrderedDict()
+        self._verified: set = set()  # ETag checked against the store by this process
         self._flights: Dict[str, asyncio.Future] = {}
 
-    def remove_partials(self) -> None:
-        """Delete what interrupted fetches left behind (call once, at start-up)."""
+    def open(self) -> None:
+        """Start-up: delete what interrupted fetches left, index what earlier runs unpacked."""
         for name in os.listdir(self.partial_dir):
             shutil.rmtree(os.path.join(self.partial_dir, name), ignore_errors=True)
+        found = []
+        for key in os.listdir(self.models_dir):
+            artifact = self._read_meta(os.path.join(self.models_dir, key))
+            if artifact is not None:
+                found.append((os.path.getmtime(os.path.join(self.models_dir, key, "meta.json")), artifact))
+        for _, artifact in sorted(found, key=lambda pair: pair[0]):
+            self._on_disk[artifact.target] = artifact
+        metrics().disk_bytes.set(self.disk_bytes())
+        if found:
+            logger.info("event=cache-index artifacts=%d bytes=%d", len(found), self.disk_bytes())
 
-    async def fetch(self, target: str) -> LocalArtifact:
-        """The unpacked artifact of ``target``, fetched at most once at a time."""
-        known = self._known.get(target)
-        if known is not None and os.path.isdir(known.folder):
+    def disk_bytes(self) -> int:
+        return sum(artifact.unpacked_bytes for artifact in self._on_disk.values())
+
+    async def fetch(self, target: str, revalidate: bool = False) -> LocalArtifact:
+        """The unpacked artifact of ``target``; with ``revalidate``, its ETag is checked again first."""
+        known = self._on_disk.get(target)
+        if known is not None and target in self._verified and not revalidate:
+            self._on_disk.move_to_end(target)
             return known
         flight = self._flights.get(target)
         if flight is None:
-            flight = asyncio.ensure_future(asyncio.to_thread(self._fetch_blocking, target))
+            flight = asyncio.ensure_future(asyncio.to_thread(self._fetch_blocking, target, known))
             self._flights[target] = flight
             flight.add_done_callback(lambda _: self._flights.pop(target, None))
         # shield: a caller that gives up does not cancel the fetch for the others
         artifact = await asyncio.shield(flight)
-        self._known[target] = artifact
+        self._on_disk[artifact.target] = artifact
+        self._on_disk.move_to_end(target)
+        self._verified.add(target)
+        metrics().disk_bytes.set(self.disk_bytes())
         return artifact
+
+    async def evict_to_budget(self, in_use: Callable[[str], bool]) -> None:
+        """Delete least recently used artifacts that are not ``in_use`` until under the disk limit."""
+        if self.disk_limit is None:
+            return
+        while self.disk_bytes() > self.disk_limit:
+            victim = next((t for t in self._on_disk if not in_use(t) and t not in self._flights), None)
+            if victim is None:
+                logger.warning("event=disk-over-budget bytes=%d limit=%d (all in use)", self.disk_bytes(), self.disk_limit)
+                return
+            artifact = self._on_disk.pop(victim)
+            self._verified.discard(victim)
+            await asyncio.to_thread(self._delete, os.path.dirname(artifact.folder))
+            metrics().evictions.labels(reason="disk").inc()
+            logger.info("event=evict reason=disk model=%s bytes=%d", victim, artifact.unpacked_bytes)
+        metrics().disk_bytes.set(self.disk_bytes())
 
     def _key(self, target: str) -> str:
         return hashlib.sha256(f"{self.prefix}\0{target}".encode()).hexdigest()[:32]
 
-    def _fetch_blocking(self, target: str) -> LocalArtifact:
+    def _fetch_blocking(self, target: str, known: Optional[LocalArtifact]) -> LocalArtifact:
         final = os.path.join(self.models_dir, self._key(target))
         try:
-            cached = self._read_meta(final, target)
-            if cached is not None and self.store.head(target).etag == cached.etag:
-                logger.info("model %s: reusing the unpacked artifact in %s", target, final)
-                return cached
+            if known is not None and self.store.head(target).etag == known.etag:
+                return known
             return self._download_and_publish(target, final)
         except ObjectMissing as missing:
             raise ArtifactNotFound(
@@ -103,33 +144,46 @@ class ArtifactCache:
             except UnsafeArchive as error:
                 raise BrokenModel(f"The artifact of '{target}' cannot be unpacked: {error}") from None
             os.remove(download)
+            unpacked = _folder_bytes(content)
             with open(os.path.join(work, "meta.json"), "w") as meta:
-                json.dump({"target": target, "prefix": self.prefix, "etag": info.etag, "size": info.size}, meta)
+                json.dump({"target": target, "prefix": self.prefix, "etag": info.etag, "size": info.size,
+                           "unpacked": unpacked}, meta)
             self._publish(work, final)
+            unpacked_at = time.perf_counter()
+            metrics().downloading.observe(downloaded - started)
+            metrics().unpacking.observe(unpacked_at - downloaded)
+            metrics().downloaded_bytes.inc(info.size)
             logger.info(
-                "model %s: downloaded %d bytes in %.1f ms, unpacked in %.1f ms",
-                target, info.size, (downloaded - started) * 1e3, (time.perf_counter() - downloaded) * 1e3,
+                "event=download model=%s bytes=%d unpacked_bytes=%d download_ms=%.1f unpack_ms=%.1f",
+                target, info.size, unpacked, (downloaded - started) * 1e3, (unpacked_at - downloaded) * 1e3,
             )
-            return LocalArtifact(target, os.path.join(final, "content"), info.etag, info.size)
+            return LocalArtifact(target, os.path.join(final, "content"), info.etag, unpacked)
         finally:
             shutil.rmtree(work, ignore_errors=True)  # gone already when published
 
     def _publish(self, work: str, final: str) -> None:
         if os.path.exists(final):
-            # Move the old version aside first: rename cannot replace a non-empty folder.
-            stale = tempfile.mkdtemp(dir=self.partial_dir)
-            os.rename(final, os.path.join(stale, "old"))
-            os.rename(work, final)
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.rename(work, final)
+            # rename cannot replace a non-empty folder: move the old version out first
+            self._delete(final)
+        os.rename(work, final)
 
-    def _read_meta(self, final: str, target: str):
+    def _delete(self, folder: str) -> None:
+        trash = tempfile.mkdtemp(dir=self.partial_dir)
+        os.rename(folder, os.path.join(trash, "old"))
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _read_meta(self, final: str) -> Optional[LocalArtifact]:
         try:
             with open(os.path.join(final, "meta.json")) as file:
                 meta = json.load(file)
-        except (OSError, ValueError):
+            if meta.get("prefix") != self.prefix:
+                return None
+            return LocalArtifact(meta["target"], os.path.join(final, "content"), meta["etag"], meta["unpacked"])
+        except (OSError, ValueError, KeyError):
             return None
-        if meta.get("target") != target or meta.get("prefix") != self.prefix:
-            return None
-        return LocalArtifact(target, os.path.join(final, "content"), meta["etag"], meta["size"])
+
+
+def _folder_bytes(folder: str) -> int:
+    return sum(
+        os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names
+    )

@@ -30,6 +30,26 @@ class MMESettings(BaseSettings):
     max_unpacked_bytes: int = 4 * 1024**3
     """Refuse an archive whose unpacked content is larger than this."""
 
+    max_loaded_models: Optional[int] = None
+    """Most models loaded at once (pinned ones not counted); the least recently used are unloaded."""
+
+    memory_limit: Optional[str] = None
+    """Measured memory of the server and its workers: bytes, ``2GiB``/``500MB``, or ``80%`` of the
+    machine's or container's memory. Over it, the least recently used models are unloaded."""
+
+    disk_limit: Optional[str] = None
+    """Bytes of unpacked artifacts kept in ``cache_dir`` (same forms as ``memory_limit``, a percentage
+    being of the file system's size). Over it, unloaded artifacts are deleted, least recently used first."""
+
+    preload: str = ""
+    """Comma-separated target models loaded at start-up and never unloaded."""
+
+    failure_ttl: float = 10.0
+    """Seconds a failed fetch or load is remembered and answered again without retrying it."""
+
+    revalidate_after: Optional[float] = None
+    """Seconds after which a used model's ETag is checked again; a changed artifact is swapped in."""
+
     load_wait_timeout: float = 60.0
     """Seconds a request waits for its model to load before ModelNotReadyException (SageMaker: 60)."""
 
@@ -59,3 +79,7 @@ def load_settings(root: Optional[str] = None, **file_args) -> MMESettings:
 
 def _is_relative_path(prefix: str) -> bool:
     return "://" not in prefix and not os.path.isabs(prefix)
+
+
+def preload_targets(settings: MMESettings) -> list:
+    return [target.strip() for target in settings.preload.split(",") if target.strip()]

@@ -62,3 +62,9 @@ class ModelNotReady(MMEError):
     """The model is still loading after the caller's wait; the load goes on (boto3 retries this)."""
 
     sagemaker_code, sagemaker_status, v2_status = "ModelNotReadyException", 429, 503
+
+
+class ModelTooLarge(MMEError):
+    """The model needs more memory than the limit leaves, even with every other model unloaded."""
+
+    sagemaker_code, sagemaker_status, v2_status, original_status = "ModelError", 424, 507, 507

@@ -1,24 +1,20 @@
 """Every use of MLServer internals, in one place.
 
-MLServer 1.7 has no public hook for what the router needs: the model registry
-(to find a loaded model and share it with V2) and the repository handlers (to
-load one on demand), nor a way for a repository to tell the start-up listing from
-an index listing. This module reaches them through attributes checked against
-mlserver 1.7.x, pinned in pyproject.toml; ``check()`` runs at start-up and fails
-with a clear message when they are not there.
+MLServer 1.7 has no public hook for what the multi-model layer needs: the model
+registry (to load models on demand and share them with V2), and a way for a
+repository to tell the start-up listing from an index listing. Both are found by
+looking at who is calling, checked against mlserver 1.7.x, pinned in
+pyproject.toml; ``check()`` runs at start-up and fails with a clear message when
+they are not there.
 """
 
 import sys
-from typing import Tuple
 
 import mlserver
 from mlserver.cli import serve
-from mlserver.handlers import ModelRepositoryHandlers
 from mlserver.registry import MultiModelRegistry
-from mlserver.rest.endpoints import ModelRepositoryEndpoints
 
 SUPPORTED = "1.7."
-LOAD_ROUTE = "/v2/repository/models/{model_name}/load"
 
 
 class UnsupportedMLServer(RuntimeError):
@@ -32,27 +28,31 @@ def check() -> None:
         problems.append(f"mlserver {mlserver.__version__} is installed, {SUPPORTED}x is required")
     if not hasattr(serve, "load_settings"):
         problems.append("mlserver.cli.serve.load_settings is missing")
-    for cls, attribute in ((ModelRepositoryEndpoints, "_handlers"), (ModelRepositoryHandlers, "_model_registry")):
-        if attribute not in cls.__init__.__code__.co_names:
-            problems.append(f"{cls.__name__} no longer sets {attribute}")
+    for method in ("load", "unload", "get_model", "get_models"):
+        if not hasattr(MultiModelRegistry, method):
+            problems.append(f"MultiModelRegistry.{method} is missing")
     if problems:
         raise UnsupportedMLServer("mlserver-mme cannot run on this MLServer: " + "; ".join(problems))
 
 
 def is_startup_listing() -> bool:
     """True while ``mlserver start`` collects the models to load at start-up."""
-    frame = sys._getframe(1)
+    return _caller_running(serve.load_settings.__code__) is not None
+
+
+def loading_registry() -> MultiModelRegistry:
+    """The registry loading the model whose ``load()`` calls this (MLServer keeps no other handle)."""
+    frame = _caller_running(MultiModelRegistry.load.__code__)
+    registry = frame.f_locals.get("self") if frame is not None else None
+    if not isinstance(registry, MultiModelRegistry):
+        raise UnsupportedMLServer("the SageMaker router must be loaded by MLServer's model registry")
+    return registry
+
+
+def _caller_running(code):
+    frame = sys._getframe(2)
     while frame is not None:
-        if frame.f_code is serve.load_settings.__code__:
-            return True
+        if frame.f_code is code:
+            return frame
         frame = frame.f_back
-    return False
-
-
-def registry_handles(app) -> Tuple[MultiModelRegistry, ModelRepositoryHandlers]:
-    """The model registry and repository handlers behind MLServer's REST app."""
-    for route in app.routes:
-        if getattr(route, "path", None) == LOAD_ROUTE:
-            handlers = route.endpoint.__self__._handlers
-            return handlers._model_registry, handlers
-    raise UnsupportedMLServer(f"MLServer's REST app has no {LOAD_ROUTE} route")
+    return None

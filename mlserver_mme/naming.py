@@ -16,6 +16,7 @@ So ``Houston_TX.tar.gz`` is ``Houston_TX``, ``northeast/Boston_MA.tar.gz`` is
 ``northeast~2FBoston_MA`` and a bare ``model.json`` is ``model.json~``.
 """
 
+import functools
 import re
 
 MAX_TARGET_LENGTH = 1024
@@ -51,6 +52,7 @@ def validate_target(target: str) -> str:
     return target
 
 
+@functools.lru_cache(maxsize=65536)  # on every request's path
 def v2_name(target: str) -> str:
     """The MLServer model name for a (valid) target model path."""
     if target.endswith(TAR_GZ):

@@ -1,21 +1,23 @@
 """The MLServer model repository over a model prefix.
 
-MLServer calls it for ``/v2/repository/index`` (``list``) and for every load,
-V2 or SageMaker (``find``). ``find`` fetches and unpacks the artifact through the
-disk cache and returns settings pointing at the unpacked folder: the runtime the
-artifact's own ``model-settings.json`` names, else the XGBoost runtime.
+MLServer calls ``list`` for ``/v2/repository/index`` and ``find`` for V2 loads;
+the lifecycle calls ``settings_for`` for SageMaker loads. Both fetch and unpack
+the artifact through the disk cache and describe a model whose ``uri`` is the
+unpacked folder, served by the runtime the artifact's own ``model-settings.json``
+names, else by the XGBoost runtime.
 
 Models found in the folder passed to ``mlserver start`` (the SageMaker router)
 are served as MLServer serves them. At start-up MLServer loads everything the
-first ``list()`` returns, so that first listing holds only those (see
-``mlserver_internals.is_startup_listing``); later listings add every artifact
-under the prefix, by V2 name.
+first ``list()`` returns, so that listing holds only those and the preloaded
+models (see ``mlserver_internals.is_startup_listing``); later listings add every
+artifact under the prefix, by V2 name.
 """
 
 import asyncio
 import json
 import os
-from typing import List
+import shutil
+from typing import List, Optional
 
 from mlserver.errors import ModelNotFound
 from mlserver.repository import SchemalessModelRepository
@@ -23,8 +25,9 @@ from mlserver.settings import ModelParameters, ModelSettings
 
 from . import mlserver_internals
 from .cache import ArtifactCache
-from .config import load_settings
+from .config import load_settings, preload_targets
 from .errors import BrokenModel, StorageUnavailable
+from .memory import parse_size
 from .naming import InvalidTargetModel, target_of, v2_name
 from .store import StoreUnavailable, open_store
 
@@ -32,22 +35,44 @@ XGBOOST_RUNTIME = "mlserver_mme.runtimes.xgboost.XGBoostModel"
 OWN_SETTINGS = "model-settings.json"
 
 
+_serving: Optional["MMERepository"] = None
+
+
+def serving_repository() -> "MMERepository":
+    """The repository of the running server (not the one ``mlserver start`` lists start-up models with)."""
+    if _serving is None:
+        raise RuntimeError(
+            "settings.json must set model_repository_implementation to mlserver_mme.repository.MMERepository"
+        )
+    return _serving
+
+
 class MMERepository(SchemalessModelRepository):
     def __init__(self, root: str, **settings_args):
+        global _serving
         super().__init__(root)
         self.settings = load_settings(root, **settings_args)
         self.store = open_store(self.settings.model_prefix)
+        disk_limit = self.settings.disk_limit
+        os.makedirs(self.settings.cache_dir, exist_ok=True)
         self.cache = ArtifactCache(
-            self.store, self.settings.model_prefix, self.settings.cache_dir, self.settings.max_unpacked_bytes
+            self.store,
+            self.settings.model_prefix,
+            self.settings.cache_dir,
+            self.settings.max_unpacked_bytes,
+            parse_size(disk_limit, shutil.disk_usage(self.settings.cache_dir).total) if disk_limit else None,
         )
+        self.lifecycle = None  # set by the router once it is loaded
         self._startup = mlserver_internals.is_startup_listing()
         if not self._startup:
-            self.cache.remove_partials()
+            self.cache.open()
+            _serving = self
 
     async def list(self) -> List[ModelSettings]:
         folder_models = await super().list()
         if self._startup:
-            return folder_models
+            # Fetched now, loaded by MLServer with the router, never unloaded (lifecycle.pinned).
+            return folder_models + [await self.settings_for(target) for target in preload_targets(self.settings)]
         try:
             targets = await asyncio.to_thread(self.store.list)
         except StoreUnavailable as error:
@@ -62,7 +87,11 @@ class MMERepository(SchemalessModelRepository):
             target = target_of(name)
         except InvalidTargetModel:
             raise ModelNotFound(name) from None
-        return [await self.settings_for(target)]
+        settings = await self.settings_for(target)
+        if self.lifecycle is not None:  # a V2 load: make room first, count it once loaded
+            await self.lifecycle.before_external_load()
+            asyncio.ensure_future(self.lifecycle.after_external_load(name))
+        return [settings]
 
     async def settings_for(self, target: str) -> ModelSettings:
         """Fetch ``target`` (once) and describe how MLServer loads it."""

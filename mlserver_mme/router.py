@@ -1,22 +1,19 @@
 """The SageMaker routes, served by a model that MLServer loads at start-up.
 
 ``GET /ping``, ``POST /invocations`` and ``POST /endpoints/{EndpointName}/invocations``
-take SageMaker runtime requests: the ``X-Amzn-SageMaker-Target-Model`` header names
-the artifact under the model prefix. A model already in MLServer's registry answers
-at once (the same instance V2 uses); otherwise it is fetched, unpacked and loaded
-once, however many requests ask for it meanwhile. Every failure is answered in
-SageMaker's error shape (``x-amzn-ErrorType`` header, JSON body with ``Message``).
+(any name, even one holding an encoded ``/``) take SageMaker runtime requests: the
+``X-Amzn-SageMaker-Target-Model`` header names the artifact under the model
+prefix, and the lifecycle (``lifecycle.py``) hands back its loaded model, the same
+instance V2 uses. Every failure is answered in SageMaker's error shape
+(``x-amzn-ErrorType`` header, JSON body with ``Message``).
 
 The router must run in the main process (``parallel_workers: 0`` in its
 model-settings.json): its handlers need the request and the registry.
 """
 
-import asyncio
 import json
 import logging
-import time
 import uuid
-from typing import Dict, Optional
 
 import numpy as np
 import scipy.sparse
@@ -24,14 +21,15 @@ from fastapi import Request
 from fastapi.responses import Response
 from mlserver import MLModel
 from mlserver.codecs import NumpyRequestCodec
-from mlserver.errors import MLServerError, ModelNotFound
+from mlserver.errors import MLServerError
 from mlserver.handlers import custom_handler
 
 from . import mlserver_internals
-from .errors import BadPayload, BrokenModel, InvalidTarget, MMEError, ModelNotReady
-from .naming import InvalidTargetModel, v2_name, validate_target
+from .errors import BadPayload, BrokenModel, InvalidTarget, MMEError
+from .lifecycle import ModelLifecycle
+from .naming import InvalidTargetModel, validate_target
 from .payloads import Features, decode, encode, negotiate
-from .repository import MMERepository
+from .repository import serving_repository
 from .runtimes.xgboost import XGBoostModel
 
 logger = logging.getLogger("mlserver.mme")
@@ -42,9 +40,10 @@ TARGET_MODEL = "x-amzn-sagemaker-target-model"
 class SageMakerRouter(MLModel):
     async def load(self) -> bool:
         mlserver_internals.check()
-        self._registry = None
-        self._repository: Optional[MMERepository] = None
-        self._loads: Dict[str, asyncio.Future] = {}
+        repository = serving_repository()
+        self._variant = repository.settings.variant_name
+        self._lifecycle = ModelLifecycle(mlserver_internals.loading_registry(), repository, repository.settings)
+        repository.lifecycle = self._lifecycle
         return True
 
     @custom_handler(rest_path="/ping", rest_method="GET")
@@ -63,8 +62,8 @@ class SageMakerRouter(MLModel):
     async def _invoke(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
         try:
-            self._attach(request)
-            target = request.headers.get(TARGET_MODEL)
+            headers = request.headers
+            target = headers.get(TARGET_MODEL)
             if target is None:
                 raise InvalidTarget(
                     "The endpoint is a multi-model endpoint and the request is missing a target model header "
@@ -74,18 +73,20 @@ class SageMakerRouter(MLModel):
                 validate_target(target)
             except InvalidTargetModel as error:
                 raise InvalidTarget(f"Invalid target model '{target[:100]}': {error}.") from None
-            response_kind = negotiate(request.headers.get("accept"))
-            body = await request.body()
-            model = await self._loaded_model(target)
-            features = decode(body, request.headers.get("content-type"))
-            predictions = await _predict(model, features)
+            response_kind = negotiate(headers.get("accept"))
+            features = decode(await request.body(), headers.get("content-type"))
+            entry = await self._lifecycle.acquire(target)
+            try:
+                predictions = await _predict(entry.model, features)
+            finally:
+                self._lifecycle.release(entry)
             content, content_type = encode(predictions, response_kind)
             return Response(
                 content,
                 headers={
                     # set as is: starlette would add "; charset=utf-8" to text/csv
                     "Content-Type": content_type,
-                    "X-Amzn-Invoked-Production-Variant": self._repository.settings.variant_name,
+                    "X-Amzn-Invoked-Production-Variant": self._variant,
                     "x-amzn-RequestId": request_id,
                 },
             )
@@ -94,56 +95,6 @@ class SageMakerRouter(MLModel):
         except Exception:
             logger.exception("request %s failed", request_id)
             return error_response(MMEError("An internal error occurred."), request_id)
-
-    def _attach(self, request: Request) -> None:
-        if self._registry is not None:
-            return
-        registry, handlers = mlserver_internals.registry_handles(request.app)
-        if not isinstance(handlers._repository, MMERepository):
-            raise MMEError(
-                "settings.json must set model_repository_implementation to mlserver_mme.repository.MMERepository"
-            )
-        self._registry, self._repository = registry, handlers._repository
-
-    async def _loaded_model(self, target: str) -> MLModel:
-        """The ready model for ``target``, loading it (once) if needed."""
-        name = v2_name(target)
-        deadline = time.monotonic() + self._repository.settings.load_wait_timeout
-        while True:
-            try:
-                model = await self._registry.get_model(name)
-            except ModelNotFound:
-                model = None
-            if model is not None and model.ready:
-                return model
-            flight = self._loads.get(name)
-            if flight is None and model is None:
-                flight = asyncio.ensure_future(self._load(target, name))
-                self._loads[name] = flight
-                flight.add_done_callback(lambda _: self._loads.pop(name, None))
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ModelNotReady(f"Model '{target}' is still loading; retry shortly.")
-            if flight is None:
-                # Loading through the V2 repository API: look again shortly.
-                await asyncio.sleep(min(0.01, remaining))
-                continue
-            try:
-                await asyncio.wait_for(asyncio.shield(flight), remaining)
-            except asyncio.TimeoutError:
-                raise ModelNotReady(f"Model '{target}' is still loading; retry shortly.") from None
-
-    async def _load(self, target: str, name: str) -> None:
-        settings = await self._repository.settings_for(target)
-        started = time.perf_counter()
-        try:
-            # MLServer imports the runtime and calls its load(): any failure there is the model's
-            await self._registry.load(settings)
-        except MMEError:
-            raise
-        except Exception as error:
-            raise BrokenModel(f"The model '{target}' failed to load: {_describe(error)}") from None
-        logger.info("model %s: loaded as '%s' in %.1f ms", target, name, (time.perf_counter() - started) * 1e3)
 
 
 async def _predict(model: MLModel, features: Features) -> np.ndarray:
@@ -163,18 +114,13 @@ async def _predict(model: MLModel, features: Features) -> np.ndarray:
         status = error.status_code if 400 <= error.status_code < 600 else 500
         raise _model_error(status, str(error)) from None
     except Exception as error:
-        raise _model_error(500, _describe(error)) from None
+        raise _model_error(500, f"{type(error).__name__}: {error}") from None
 
 
 def _model_error(status: int, message: str) -> MMEError:
     error = BadPayload(message) if status < 500 else BrokenModel(message)
     error.original_status = status
     return error
-
-
-def _describe(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[-1]}" if text else type(error).__name__
 
 
 def error_response(error: MMEError, request_id: str) -> Response:
