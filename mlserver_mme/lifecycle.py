@@ -17,8 +17,9 @@ With ``revalidate_after``, a used model's ETag is checked in the background at
 most that often; a changed artifact is fetched and swapped in by MLServer's
 reload, which loads the new version before unloading the old one.
 
-Models loaded or unloaded through the V2 repository API are taken into account
-at the next load or unload (see ``_reconcile``).
+Models loaded through the V2 repository API are counted once their load
+completes (``after_external_load``); V2 unloads are noticed at the next use or
+budget check (``_forget_unloaded``).
 """
 
 import asyncio
@@ -182,36 +183,30 @@ class ModelLifecycle:
             return None
         return self._add(target, name, model, _extra(model).get("etag", ""))
 
-    async def _reconcile(self) -> None:
+    def _forget_unloaded(self) -> None:
+        """Drop the entries of models unloaded behind our back (V2 unloads)."""
         for entry in list(self._entries.values()):
             if not entry.model.ready and not entry.unloading and entry.in_flight == 0:
                 self._forget(entry)
-        for model in await self.registry.get_models():
-            target = _extra(model).get("target_model")
-            if target and model.ready and model.name not in self._entries and model.name not in self._loads:
-                self._add(target, model.name, model, _extra(model).get("etag", ""))
 
     async def before_external_load(self) -> None:
         await self._enforce_budgets(reserve=1)
 
-    async def after_external_load(self, name: str) -> None:
+    async def after_external_load(self, target: str, name: str) -> None:
         """Called when a V2 load starts: once the model is ready, count it and apply the budgets."""
         deadline = time.monotonic() + self.settings.load_wait_timeout
         while time.monotonic() < deadline:
-            try:
-                model = await self.registry.get_model(name)
-                if model.ready:
-                    await self._enforce_budgets(protect=self._entries.get(name))
-                    return
-            except ModelNotFound:
-                pass
+            entry = self._entries.get(name) or await self._adopt_registered(target, name)
+            if entry is not None:
+                await self._enforce_budgets(protect=entry)
+                return
             await asyncio.sleep(0.02)  # MLServer has no load-completed hook to wait on
 
     # -- budgets ----------------------------------------------------------------------------
 
     async def _enforce_budgets(self, reserve: int = 0, protect: Optional[Entry] = None) -> None:
         async with self._budget:
-            await self._reconcile()
+            self._forget_unloaded()
             limit = self.settings.max_loaded_models
             if limit is not None:
                 while sum(not e.pinned for e in self._entries.values()) + reserve > limit:

@@ -1,9 +1,11 @@
 """Measuring the server's memory and reading memory and disk budgets.
 
-Memory is the proportional set size (PSS) of the server process and all its
-descendants (MLServer's inference workers), read from ``/proc``: shared pages
-count once, so N workers sharing a library are not counted N times. Where
-``smaps_rollup`` is missing, the resident set size is used instead.
+Memory is the resident set size (RSS) of the server process plus the
+proportional set size (PSS) of its descendants (MLServer's inference workers),
+read from ``/proc``: the pages workers share with each other count once. RSS is
+read from ``statm`` in microseconds; PSS needs ``smaps_rollup``, which takes
+milliseconds in a process that maps numpy, scipy and xgboost, so it is only read
+for workers (none with ``parallel_workers: 0``).
 """
 
 import ctypes
@@ -46,21 +48,30 @@ def total_memory() -> int:
 
 def process_tree_memory(pid: Optional[int] = None) -> int:
     """Bytes used by ``pid`` (default: this process) and all its descendants."""
-    return sum(_process_memory(p) for p in _tree(pid or os.getpid()))
+    pid = pid or os.getpid()
+    return _rss(pid) + sum(_pss(child) for child in _descendants(pid))
 
 
-def _tree(pid: int) -> Iterator[int]:
-    yield pid
+def _descendants(pid: int) -> Iterator[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as file:
             children = [int(child) for child in file.read().split()]
     except OSError:
         children = []
     for child in children:
-        yield from _tree(child)
+        yield child
+        yield from _descendants(child)
 
 
-def _process_memory(pid: int) -> int:
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as file:
+            return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0  # the process has gone
+
+
+def _pss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as file:
             for line in file:
@@ -68,11 +79,7 @@ def _process_memory(pid: int) -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    try:
-        with open(f"/proc/{pid}/statm") as file:
-            return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0  # the process has gone
+    return _rss(pid)
 
 
 def release_free_memory() -> None:

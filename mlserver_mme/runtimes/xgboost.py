@@ -74,6 +74,8 @@ def load_booster(path: str, allow_pickle: bool, nthread: int) -> xgb.Booster:
     except Exception as error:  # xgboost raises XGBoostError, pickle many kinds
         raise BrokenModel(f"XGBoost could not load the {kind} model file: {_first_line(error)}") from None
     booster.set_param({"nthread": nthread})
+    # xgboost sets up its predictor on the first prediction: do it here, off the event loop.
+    booster.inplace_predict(np.zeros((1, booster.num_features()), dtype=np.float32))
     return booster
 
 
