@@ -10,7 +10,7 @@ predict) and repeated requests to one loaded model (warm). Prints milliseconds.
 import argparse
 import statistics
 
-from common import http_client, mme_server, percentile, s3_with_models, timed_call
+from common import cpu_seconds, http_client, mme_server, percentile, s3_with_models, timed_call
 
 
 def main():
@@ -23,7 +23,9 @@ def main():
         cold = [timed_call(http, target) for target in targets]
         for _ in range(100):
             timed_call(http, targets[0])
+        cpu_before = cpu_seconds(server.process.pid)
         warm = [timed_call(http, targets[0]) for _ in range(args.warm)]
+        server_cpu_us = (cpu_seconds(server.process.pid) - cpu_before) / args.warm * 1e6
     print("| request | n | p50 ms | p90 ms | p99 ms | mean ms |")
     print("|---|---:|---:|---:|---:|---:|")
     for label, values in (("cold (first call of a model)", cold), ("warm (loaded model)", warm)):
@@ -31,6 +33,7 @@ def main():
             f"| {label} | {len(values)} | {percentile(values, 50):.2f} | {percentile(values, 90):.2f} "
             f"| {percentile(values, 99):.2f} | {statistics.fmean(values):.2f} |"
         )
+    print(f"\nserver CPU per warm request: {server_cpu_us:.0f} us")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
 """Every use of MLServer internals, in one place.
 
 MLServer 1.7 has no public hook for what the multi-model layer needs: the model
-registry (to load models on demand and share them with V2), and a way for a
-repository to tell the start-up listing from an index listing. Both are found by
-looking at who is calling, checked against mlserver 1.7.x, pinned in
-pyproject.toml; ``check()`` runs at start-up and fails with a clear message when
-they are not there.
+registry (to load models on demand and share them with V2), the REST app (to put
+the SageMaker routes in front of it), and a way for a repository to tell the
+start-up listing from an index listing. They are found by looking at who is
+calling and at the registry's load hooks, checked against mlserver 1.7.x, pinned
+in pyproject.toml; ``check()`` runs at start-up and fails with a clear message
+when they are not there.
 """
 
 import sys
 
 import mlserver
+from starlette.middleware import Middleware
 from mlserver.cli import serve
 from mlserver.registry import MultiModelRegistry
 
@@ -47,6 +49,22 @@ def loading_registry() -> MultiModelRegistry:
     if not isinstance(registry, MultiModelRegistry):
         raise UnsupportedMLServer("the SageMaker router must be loaded by MLServer's model registry")
     return registry
+
+
+def rest_app(registry: MultiModelRegistry):
+    """MLServer's REST (FastAPI) app: its server registers a load hook that adds custom handlers."""
+    for hook in getattr(registry, "_on_model_load", []):
+        rest_server = getattr(getattr(hook, "__self__", None), "_rest_server", None)
+        app = getattr(rest_server, "_app", None)
+        if app is not None and hasattr(app, "user_middleware"):
+            return app
+    raise UnsupportedMLServer("MLServer's REST app cannot be found from its model registry")
+
+
+def put_in_front(app, middleware_class, **options) -> None:
+    """Make ``middleware_class`` the first ASGI middleware of a running Starlette app."""
+    app.user_middleware.insert(0, Middleware(middleware_class, **options))
+    app.middleware_stack = None  # Starlette rebuilds the stack, with it, on the next request
 
 
 def _caller_running(code):

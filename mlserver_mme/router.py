@@ -1,28 +1,28 @@
-"""The SageMaker routes, served by a model that MLServer loads at start-up.
+"""The SageMaker routes, put in front of MLServer's REST app.
 
 ``GET /ping``, ``POST /invocations`` and ``POST /endpoints/{EndpointName}/invocations``
-(any name, even one holding an encoded ``/``) take SageMaker runtime requests: the
-``X-Amzn-SageMaker-Target-Model`` header names the artifact under the model
-prefix, and the lifecycle (``lifecycle.py``) hands back its loaded model, the same
-instance V2 uses. Every failure is answered in SageMaker's error shape
+are answered by a plain ASGI middleware placed first in MLServer's app, before
+FastAPI's routing and MLServer's middlewares (which every other route still goes
+through). The ``X-Amzn-SageMaker-Target-Model`` header names the artifact under
+the model prefix; the lifecycle (``lifecycle.py``) hands back its loaded model,
+the same instance V2 uses. Every failure is answered in SageMaker's error shape
 (``x-amzn-ErrorType`` header, JSON body with ``Message``).
 
-The router must run in the main process (``parallel_workers: 0`` in its
-model-settings.json): its handlers need the request and the registry.
+``SageMakerRouter`` is the MLServer model, loaded at start-up from
+``model-settings/model-settings.json``, that sets this up; it must run in the
+main process (``parallel_workers: 0`` in that file).
 """
 
 import json
 import logging
 import uuid
+from typing import Optional
 
 import numpy as np
 import scipy.sparse
-from fastapi import Request
-from fastapi.responses import Response
 from mlserver import MLModel
 from mlserver.codecs import NumpyRequestCodec
 from mlserver.errors import MLServerError
-from mlserver.handlers import custom_handler
 
 from . import mlserver_internals
 from .errors import BadPayload, BrokenModel, InvalidTarget, MMEError
@@ -34,36 +34,45 @@ from .runtimes.xgboost import XGBoostModel
 
 logger = logging.getLogger("mlserver.mme")
 
-TARGET_MODEL = "x-amzn-sagemaker-target-model"
-
 
 class SageMakerRouter(MLModel):
     async def load(self) -> bool:
         mlserver_internals.check()
         repository = serving_repository()
-        self._variant = repository.settings.variant_name
-        self._lifecycle = ModelLifecycle(mlserver_internals.loading_registry(), repository, repository.settings)
-        repository.lifecycle = self._lifecycle
+        registry = mlserver_internals.loading_registry()
+        lifecycle = ModelLifecycle(registry, repository, repository.settings)
+        repository.lifecycle = lifecycle
+        mlserver_internals.put_in_front(
+            mlserver_internals.rest_app(registry), SageMakerRoutes, lifecycle=lifecycle, variant=repository.settings.variant_name
+        )
         return True
 
-    @custom_handler(rest_path="/ping", rest_method="GET")
-    async def ping(self, request: Request) -> Response:
-        # Healthy while the server runs, loads in progress included.
-        return Response(status_code=200)
 
-    @custom_handler(rest_path="/invocations")
-    async def invocations(self, request: Request) -> Response:
-        return await self._invoke(request)
+class SageMakerRoutes:
+    """ASGI middleware answering SageMaker's runtime routes, passing everything else on."""
 
-    @custom_handler(rest_path="/endpoints/{EndpointName:path}/invocations")
-    async def endpoint_invocations(self, request: Request) -> Response:
-        return await self._invoke(request)
+    def __init__(self, app, lifecycle: ModelLifecycle, variant: str):
+        self.app = app
+        self.lifecycle = lifecycle
+        self.variant = variant.encode("latin-1")
 
-    async def _invoke(self, request: Request) -> Response:
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            path, method = scope["path"], scope["method"]
+            if method == "POST" and (
+                path == "/invocations" or (path.startswith("/endpoints/") and path.endswith("/invocations"))
+            ):
+                return await self.invoke(scope, receive, send)
+            if path == "/ping" and method in ("GET", "HEAD"):
+                # Healthy while the server runs, loads in progress included.
+                return await _respond(send, 200, b"", [])
+        await self.app(scope, receive, send)
+
+    async def invoke(self, scope, receive, send) -> None:
         request_id = str(uuid.uuid4())
         try:
-            headers = request.headers
-            target = headers.get(TARGET_MODEL)
+            headers = dict(scope["headers"])
+            target = _header(headers, b"x-amzn-sagemaker-target-model")
             if target is None:
                 raise InvalidTarget(
                     "The endpoint is a multi-model endpoint and the request is missing a target model header "
@@ -73,28 +82,56 @@ class SageMakerRouter(MLModel):
                 validate_target(target)
             except InvalidTargetModel as error:
                 raise InvalidTarget(f"Invalid target model '{target[:100]}': {error}.") from None
-            response_kind = negotiate(headers.get("accept"))
-            features = decode(await request.body(), headers.get("content-type"))
-            entry = await self._lifecycle.acquire(target)
+            response_kind = negotiate(_header(headers, b"accept"))
+            features = decode(await _read_body(receive), _header(headers, b"content-type"))
+            entry = await self.lifecycle.acquire(target)
             try:
                 predictions = await _predict(entry.model, features)
             finally:
-                self._lifecycle.release(entry)
+                self.lifecycle.release(entry)
             content, content_type = encode(predictions, response_kind)
-            return Response(
+            await _respond(
+                send,
+                200,
                 content,
-                headers={
-                    # set as is: starlette would add "; charset=utf-8" to text/csv
-                    "Content-Type": content_type,
-                    "X-Amzn-Invoked-Production-Variant": self._variant,
-                    "x-amzn-RequestId": request_id,
-                },
+                [
+                    (b"content-type", content_type.encode()),
+                    (b"x-amzn-invoked-production-variant", self.variant),
+                    (b"x-amzn-requestid", request_id.encode()),
+                ],
             )
         except MMEError as error:
-            return error_response(error, request_id)
+            await error_response(send, error, request_id)
         except Exception:
             logger.exception("request %s failed", request_id)
-            return error_response(MMEError("An internal error occurred."), request_id)
+            await error_response(send, MMEError("An internal error occurred."), request_id)
+
+
+def _header(headers: dict, name: bytes) -> Optional[str]:
+    value = headers.get(name)
+    return value.decode("latin-1") if value is not None else None
+
+
+async def _read_body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadPayload("the client closed the connection before sending the whole body")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _respond(send, status: int, body: bytes, headers: list) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _predict(model: MLModel, features: Features) -> np.ndarray:
@@ -123,7 +160,7 @@ def _model_error(status: int, message: str) -> MMEError:
     return error
 
 
-def error_response(error: MMEError, request_id: str) -> Response:
+async def error_response(send, error: MMEError, request_id: str) -> None:
     """An error as SageMaker's runtime sends it, so boto3 and the AWS CLI show its code."""
     body = {"ErrorCode": error.sagemaker_code, "Message": error.message}
     if error.original_status is not None:
@@ -136,9 +173,13 @@ def error_response(error: MMEError, request_id: str) -> Response:
             "OriginalMessage": error.message,
             "LogStreamArn": "",
         }
-    return Response(
+    await _respond(
+        send,
+        error.sagemaker_status,
         json.dumps(body).encode(),
-        status_code=error.sagemaker_status,
-        media_type="application/json",
-        headers={"x-amzn-ErrorType": error.sagemaker_code, "x-amzn-RequestId": request_id},
+        [
+            (b"content-type", b"application/json"),
+            (b"x-amzn-errortype", error.sagemaker_code.encode()),
+            (b"x-amzn-requestid", request_id.encode()),
+        ],
     )
