@@ -53,6 +53,23 @@ class MMESettings(BaseSettings):
     load_wait_timeout: float = 60.0
     """Seconds a request waits for its model to load before ModelNotReadyException (SageMaker: 60)."""
 
+    max_payload_bytes: int = 6 * 1024 * 1024
+    """Largest request body of a SageMaker invocation (SageMaker: 6 MB); larger ones are refused unread."""
+
+    max_header_bytes: int = 16 * 1024
+    """Largest total size of an invocation's headers."""
+
+    sigv4_keys: str = ""
+    """``ACCESS_KEY_ID:SECRET`` pairs separated by commas: when set (here or in ``sigv4_keys_file``),
+    SageMaker invocations must carry a valid AWS Signature Version 4 made with one of them."""
+
+    sigv4_keys_file: Optional[str] = None
+    """A file of such pairs (commas or new lines; ``#`` comments), e.g. a mounted secret."""
+
+    admin_token: Optional[str] = None
+    """When set, ``/v2/repository/*`` and the hosting routes (``/models...``) need
+    ``Authorization: Bearer <token>``."""
+
     variant_name: str = "AllTraffic"
     """Sent back in ``X-Amzn-Invoked-Production-Variant``."""
 
@@ -83,3 +100,14 @@ def _is_relative_path(prefix: str) -> bool:
 
 def preload_targets(settings: MMESettings) -> list:
     return [target.strip() for target in settings.preload.split(",") if target.strip()]
+
+
+def sigv4_keys(settings: MMESettings) -> dict:
+    """The configured SigV4 keys, from the setting and the file (empty: no verification)."""
+    from .sigv4 import parse_keys
+
+    keys = parse_keys(settings.sigv4_keys)
+    if settings.sigv4_keys_file:
+        with open(settings.sigv4_keys_file) as file:
+            keys.update(parse_keys(file.read()))
+    return keys

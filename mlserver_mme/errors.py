@@ -20,10 +20,14 @@ class MMEError(MLServerError):
         self.message = message
 
 
-class InvalidTarget(MMEError):
-    """The target model header is missing or is not a safe relative path."""
+class InvalidRequest(MMEError):
+    """The request breaks SageMaker's rules (a header too long, for instance)."""
 
     sagemaker_code, sagemaker_status, v2_status = "ValidationError", 400, 400
+
+
+class InvalidTarget(InvalidRequest):
+    """The target model header is missing or is not a safe relative path."""
 
 
 class ArtifactNotFound(MMEError):
@@ -68,3 +72,15 @@ class ModelTooLarge(MMEError):
     """The model needs more memory than the limit leaves, even with every other model unloaded."""
 
     sagemaker_code, sagemaker_status, v2_status, original_status = "ModelError", 424, 507, 507
+
+
+class RequestTooLarge(MMEError):
+    """The body or headers exceed the configured limits; the body is not read past the limit."""
+
+    sagemaker_code, sagemaker_status, v2_status = "ValidationError", 413, 413
+
+
+class Unauthorized(MMEError):
+    """A management route called without the configured bearer token."""
+
+    sagemaker_code, sagemaker_status, v2_status = "UnauthorizedException", 401, 401

@@ -13,6 +13,7 @@ the same instance V2 uses. Every failure is answered in SageMaker's error shape
 main process (``parallel_workers: 0`` in that file).
 """
 
+import hmac
 import json
 import logging
 import uuid
@@ -25,14 +26,19 @@ from mlserver.codecs import NumpyRequestCodec
 from mlserver.errors import MLServerError
 
 from . import mlserver_internals
-from .errors import BadPayload, BrokenModel, InvalidTarget, MMEError
+from .config import MMESettings, sigv4_keys
+from .errors import BadPayload, BrokenModel, InvalidRequest, InvalidTarget, MMEError, RequestTooLarge, Unauthorized
 from .lifecycle import ModelLifecycle
 from .naming import InvalidTargetModel, validate_target
 from .payloads import Features, decode, encode, negotiate
 from .repository import serving_repository
 from .runtimes.xgboost import XGBoostModel
+from .sigv4 import SigV4Verifier
 
 logger = logging.getLogger("mlserver.mme")
+
+MANAGEMENT_PATHS = ("/v2/repository", "/models")
+MAX_CUSTOM_ATTRIBUTES = 1024  # SageMaker's limit
 
 
 class SageMakerRouter(MLModel):
@@ -43,18 +49,26 @@ class SageMakerRouter(MLModel):
         lifecycle = ModelLifecycle(registry, repository, repository.settings)
         repository.lifecycle = lifecycle
         mlserver_internals.put_in_front(
-            mlserver_internals.rest_app(registry), SageMakerRoutes, lifecycle=lifecycle, variant=repository.settings.variant_name
+            mlserver_internals.rest_app(registry), SageMakerRoutes, lifecycle=lifecycle, settings=repository.settings
         )
         return True
 
 
 class SageMakerRoutes:
-    """ASGI middleware answering SageMaker's runtime routes, passing everything else on."""
+    """ASGI middleware answering SageMaker's runtime routes, passing everything else on.
 
-    def __init__(self, app, lifecycle: ModelLifecycle, variant: str):
+    It also guards what follows it: the management routes need the admin token
+    when one is set.
+    """
+
+    def __init__(self, app, lifecycle: ModelLifecycle, settings: MMESettings):
         self.app = app
         self.lifecycle = lifecycle
-        self.variant = variant.encode("latin-1")
+        self.settings = settings
+        self.variant = settings.variant_name.encode("latin-1")
+        keys = sigv4_keys(settings)
+        self.verifier = SigV4Verifier(keys) if keys else None
+        self.admin_token = settings.admin_token.encode() if settings.admin_token else None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
@@ -66,12 +80,37 @@ class SageMakerRoutes:
             if path == "/ping" and method in ("GET", "HEAD"):
                 # Healthy while the server runs, loads in progress included.
                 return await _respond(send, 200, b"", [])
+            if self.admin_token is not None and path.startswith(MANAGEMENT_PATHS) and not self._is_admin(scope):
+                return await error_response(
+                    send, Unauthorized("This route needs the server's admin bearer token."), str(uuid.uuid4())
+                )
         await self.app(scope, receive, send)
+
+    def _is_admin(self, scope) -> bool:
+        presented = dict(scope["headers"]).get(b"authorization", b"")
+        return hmac.compare_digest(presented, b"Bearer " + self.admin_token)
 
     async def invoke(self, scope, receive, send) -> None:
         request_id = str(uuid.uuid4())
         try:
+            if sum(len(name) + len(value) for name, value in scope["headers"]) > self.settings.max_header_bytes:
+                raise RequestTooLarge(f"The request headers are larger than {self.settings.max_header_bytes} bytes.")
             headers = dict(scope["headers"])
+            body = await _read_body(receive, headers, self.settings.max_payload_bytes)
+            if self.verifier is not None:
+                # Before anything else: nothing is fetched or loaded for an unsigned request.
+                self.verifier.verify(
+                    scope["method"],
+                    scope.get("raw_path", scope["path"].encode()).decode("latin-1"),
+                    scope.get("query_string", b"").decode("latin-1"),
+                    {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]},
+                    body,
+                )
+            custom_attributes = _header(headers, b"x-amzn-sagemaker-custom-attributes")
+            if custom_attributes is not None and len(custom_attributes) > MAX_CUSTOM_ATTRIBUTES:
+                raise InvalidRequest(
+                    f"X-Amzn-SageMaker-Custom-Attributes is longer than {MAX_CUSTOM_ATTRIBUTES} characters."
+                )
             target = _header(headers, b"x-amzn-sagemaker-target-model")
             if target is None:
                 raise InvalidTarget(
@@ -83,7 +122,7 @@ class SageMakerRoutes:
             except InvalidTargetModel as error:
                 raise InvalidTarget(f"Invalid target model '{target[:100]}': {error}.") from None
             response_kind = negotiate(_header(headers, b"accept"))
-            features = decode(await _read_body(receive), _header(headers, b"content-type"))
+            features = decode(body, _header(headers, b"content-type"))
             entry = await self.lifecycle.acquire(target)
             try:
                 predictions = await _predict(entry.model, features)
@@ -112,13 +151,22 @@ def _header(headers: dict, name: bytes) -> Optional[str]:
     return value.decode("latin-1") if value is not None else None
 
 
-async def _read_body(receive) -> bytes:
-    chunks = []
+async def _read_body(receive, headers: dict, limit: int) -> bytes:
+    """The request body, refused as soon as it is known to exceed ``limit`` (never read past it)."""
+    too_large = RequestTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise BadPayload("the client closed the connection before sending the whole body")
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 
