@@ -10,6 +10,7 @@ import os
 import tempfile
 from typing import Optional
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "MLSERVER_MME_"
@@ -69,6 +70,13 @@ class MMESettings(BaseSettings):
     admin_token: Optional[str] = None
     """When set, ``/v2/repository/*`` and the hosting routes (``/models...``) need
     ``Authorization: Bearer <token>``."""
+
+    sagemaker_multi_model: bool = Field(False, validation_alias="SAGEMAKER_MULTI_MODEL")
+    """Set by SageMaker (``SAGEMAKER_MULTI_MODEL=true``) when it hosts the container: serve its hosting
+    contract (``/models`` routes), see ``hosting.py``."""
+
+    hosting_roots: str = "/opt/ml/models,/opt/ml/model"
+    """Comma-separated folders under which hosting-contract ``url`` values must lie."""
 
     variant_name: str = "AllTraffic"
     """Sent back in ``X-Amzn-Invoked-Production-Variant``."""

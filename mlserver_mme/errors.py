@@ -84,3 +84,15 @@ class Unauthorized(MMEError):
     """A management route called without the configured bearer token."""
 
     sagemaker_code, sagemaker_status, v2_status = "UnauthorizedException", 401, 401
+
+
+class AlreadyLoaded(MMEError):
+    """Hosting contract: ``POST /models`` for a model that is loaded."""
+
+    sagemaker_code, sagemaker_status, v2_status = "ValidationError", 409, 409
+
+
+class HostedModelNotFound(MMEError):
+    """Hosting contract: a model name that is not loaded."""
+
+    sagemaker_code, sagemaker_status, v2_status = "ValidationError", 404, 404

@@ -34,10 +34,10 @@ from mlserver import MLModel
 from mlserver.errors import ModelNotFound
 
 from .config import MMESettings, preload_targets
-from .errors import BrokenModel, MMEError, ModelNotReady, ModelTooLarge
+from .errors import AlreadyLoaded, BrokenModel, HostedModelNotFound, MMEError, ModelNotReady, ModelTooLarge
 from .memory import parse_size, process_tree_memory, release_free_memory, total_memory
 from .metrics import metrics
-from .naming import v2_name
+from .naming import hosted_name, is_hosted_name, v2_name
 
 logger = logging.getLogger("mlserver.mme")
 
@@ -134,26 +134,7 @@ class ModelLifecycle:
     async def _load(self, target: str, name: str) -> None:
         try:
             await self._enforce_budgets(reserve=1)
-            settings = await self.repository.settings_for(target)
-            before = process_tree_memory()
-            started = time.perf_counter()
-            try:
-                # MLServer imports the runtime and calls its load(): any failure there is the model's
-                await self.registry.load(settings)
-                model = await self.registry.get_model(name)
-            except MMEError:
-                raise
-            except Exception as error:
-                raise BrokenModel(f"The model '{target}' failed to load: {_describe(error)}") from None
-            elapsed = time.perf_counter() - started
-            entry = self._add(target, name, model, settings.parameters.extra.get("etag", ""))
-            entry.memory_bytes = max(0, process_tree_memory() - before)
-            self._metrics.loading.observe(elapsed)
-            self._metrics.model_memory.observe(entry.memory_bytes)
-            logger.info(
-                "event=load model=%s name=%s load_ms=%.1f memory_bytes=%d loaded=%d",
-                target, name, elapsed * 1e3, entry.memory_bytes, len(self._entries),
-            )
+            entry = await self._load_into_registry(target, name, await self.repository.settings_for(target))
             await self._enforce_budgets(protect=entry)
             self._failures.pop(name, None)
         except MMEError as error:
@@ -161,6 +142,67 @@ class ModelLifecycle:
                 self._failures[name] = (time.monotonic() + self.settings.failure_ttl, error)
             logger.info("event=load-failed model=%s error=%s", target, error.sagemaker_code)
             raise
+
+    async def _load_into_registry(self, target: str, name: str, settings) -> Entry:
+        before = process_tree_memory()
+        started = time.perf_counter()
+        try:
+            # MLServer imports the runtime and calls its load(): any failure there is the model's
+            await self.registry.load(settings)
+            model = await self.registry.get_model(name)
+        except MMEError:
+            raise
+        except Exception as error:
+            raise BrokenModel(f"The model '{target}' failed to load: {_describe(error)}") from None
+        elapsed = time.perf_counter() - started
+        entry = self._add(target, name, model, settings.parameters.extra.get("etag", ""))
+        entry.memory_bytes = max(0, process_tree_memory() - before)
+        self._metrics.loading.observe(elapsed)
+        self._metrics.model_memory.observe(entry.memory_bytes)
+        logger.info(
+            "event=load model=%s name=%s load_ms=%.1f memory_bytes=%d loaded=%d",
+            target, name, elapsed * 1e3, entry.memory_bytes, len(self._entries),
+        )
+        return entry
+
+    # -- SageMaker's hosting contract: SageMaker decides what is loaded -----------------------
+
+    async def load_hosted(self, model_name: str, folder: str) -> Entry:
+        """Load an unpacked model SageMaker downloaded; it stays until ``unload_hosted``."""
+        name = hosted_name(model_name)
+        if name in self._entries or name in self._loads:
+            raise AlreadyLoaded(f"Model '{model_name}' is already loaded.")
+        limit = self.settings.max_loaded_models
+        if limit is not None and len(self._entries) >= limit:
+            raise ModelTooLarge(f"No room for model '{model_name}': {limit} models are loaded.")
+        settings = self.repository.settings_for_folder(model_name, folder, name)
+        flight = self._loads[name] = asyncio.ensure_future(self._load_into_registry(model_name, name, settings))
+        try:
+            entry = await flight
+        finally:
+            self._loads.pop(name, None)
+        entry.pinned = True  # never unloaded by our budgets: SageMaker unloads on a 507
+        if self.memory_limit is not None and process_tree_memory() > self.memory_limit:
+            await self._unload(entry, "memory")
+            raise ModelTooLarge(f"Model '{model_name}' does not fit in the memory limit of {self.memory_limit} bytes.")
+        return entry
+
+    def hosted(self) -> Dict[str, Entry]:
+        """Hosted models by SageMaker's model name."""
+        return {entry.target: entry for entry in self._entries.values() if is_hosted_name(entry.name)}
+
+    def acquire_hosted(self, model_name: str) -> Entry:
+        entry = self._entries.get(hosted_name(model_name))
+        if entry is None or not entry.model.ready or entry.unloading:
+            raise HostedModelNotFound(f"Model '{model_name}' is not loaded.")
+        self._metrics.hits.inc()
+        return self._use(entry)
+
+    async def unload_hosted(self, model_name: str) -> None:
+        entry = self._entries.get(hosted_name(model_name))
+        if entry is None or entry.unloading:
+            raise HostedModelNotFound(f"Model '{model_name}' is not loaded.")
+        await self._unload(entry, "request")
 
     def _add(self, target: str, name: str, model: MLModel, etag: str) -> Entry:
         entry = Entry(target, name, model, etag=etag, pinned=name in self.pinned)

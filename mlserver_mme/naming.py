@@ -14,6 +14,10 @@ reversible rule (a bijection between valid paths and names):
 
 So ``Houston_TX.tar.gz`` is ``Houston_TX``, ``northeast/Boston_MA.tar.gz`` is
 ``northeast~2FBoston_MA`` and a bare ``model.json`` is ``model.json~``.
+
+Models loaded through SageMaker's hosting contract (``POST /models``) have an
+opaque name instead of a path; their V2 name is ``hosted~~`` and the name
+escaped by rule 1. No path maps to a name holding ``~~``.
 """
 
 import functools
@@ -78,6 +82,18 @@ def target_of(name: str) -> str:
     if v2_name(target) != name:
         raise InvalidTargetModel(f"'{name}' is not a model name")
     return target
+
+
+HOSTED_PREFIX = "hosted~~"
+
+
+def hosted_name(model_name: str) -> str:
+    """The MLServer name of a model loaded through the hosting contract."""
+    return HOSTED_PREFIX + "".join(c if _SAFE.fullmatch(c) else _escape(c) for c in model_name)
+
+
+def is_hosted_name(name: str) -> bool:
+    return name.startswith(HOSTED_PREFIX)
 
 
 def _escape(char: str) -> str:

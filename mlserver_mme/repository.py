@@ -99,7 +99,11 @@ class MMERepository(SchemalessModelRepository):
     async def settings_for(self, target: str) -> ModelSettings:
         """Fetch ``target`` (once) and describe how MLServer loads it."""
         artifact = await self.cache.fetch(target)
-        own_settings = os.path.join(artifact.folder, OWN_SETTINGS)
+        return self.settings_for_folder(target, artifact.folder, v2_name(target), etag=artifact.etag)
+
+    def settings_for_folder(self, target: str, folder: str, name: str, etag: str = "") -> ModelSettings:
+        """Describe the unpacked model in ``folder`` under the MLServer ``name``."""
+        own_settings = os.path.join(folder, OWN_SETTINGS)
         if os.path.isfile(own_settings):
             # Never import code from inside an artifact: the runtime must be installed.
             template = _declared_settings(own_settings, target)
@@ -108,22 +112,23 @@ class MMERepository(SchemalessModelRepository):
         return _described(
             template,
             target,
-            uri=artifact.folder,
-            etag=artifact.etag,
+            name,
+            uri=folder,
+            etag=etag,
             allow_pickle=self.settings.allow_pickle,
             nthread=self.settings.xgboost_nthread,
         )
 
     def _index_entry(self, target: str) -> ModelSettings:
-        return _described(self._xgboost_template, target)
+        return _described(self._xgboost_template, target, v2_name(target))
 
 
-def _described(template: ModelSettings, target: str, uri: Optional[str] = None, **extra) -> ModelSettings:
-    """``template`` named for ``target``, its parameters completed (copies, no re-validation)."""
+def _described(template: ModelSettings, target: str, name: str, uri: Optional[str] = None, **extra) -> ModelSettings:
+    """``template`` named ``name`` for ``target``, its parameters completed (copies, no re-validation)."""
     parameters = template.parameters or ModelParameters()
     return template.model_copy(
         update={
-            "name": v2_name(target),
+            "name": name,
             "parameters": parameters.model_copy(
                 update={"uri": uri, "version": None, "extra": {**(parameters.extra or {}), "target_model": target, **extra}}
             ),

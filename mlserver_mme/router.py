@@ -28,6 +28,7 @@ from mlserver.errors import MLServerError
 from . import mlserver_internals
 from .config import MMESettings, sigv4_keys
 from .errors import BadPayload, BrokenModel, InvalidRequest, InvalidTarget, MMEError, RequestTooLarge, Unauthorized
+from .hosting import HostingRoutes
 from .lifecycle import ModelLifecycle
 from .naming import InvalidTargetModel, validate_target
 from .payloads import Features, decode, encode, negotiate
@@ -69,6 +70,10 @@ class SageMakerRoutes:
         keys = sigv4_keys(settings)
         self.verifier = SigV4Verifier(keys) if keys else None
         self.admin_token = settings.admin_token.encode() if settings.admin_token else None
+        self.hosting = None
+        if settings.sagemaker_multi_model:
+            roots = [root.strip() for root in settings.hosting_roots.split(",") if root.strip()]
+            self.hosting = HostingRoutes(lifecycle, roots, self.invoke)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
@@ -84,13 +89,16 @@ class SageMakerRoutes:
                 return await error_response(
                     send, Unauthorized("This route needs the server's admin bearer token."), str(uuid.uuid4())
                 )
+            if self.hosting is not None and await self.hosting(scope, receive, send):
+                return
         await self.app(scope, receive, send)
 
     def _is_admin(self, scope) -> bool:
         presented = dict(scope["headers"]).get(b"authorization", b"")
         return hmac.compare_digest(presented, b"Bearer " + self.admin_token)
 
-    async def invoke(self, scope, receive, send) -> None:
+    async def invoke(self, scope, receive, send, hosted_model: Optional[str] = None) -> None:
+        """Answer an invocation: of the target model, or of ``hosted_model`` (hosting contract)."""
         request_id = str(uuid.uuid4())
         try:
             if sum(len(name) + len(value) for name, value in scope["headers"]) > self.settings.max_header_bytes:
@@ -112,6 +120,11 @@ class SageMakerRoutes:
                     f"X-Amzn-SageMaker-Custom-Attributes is longer than {MAX_CUSTOM_ATTRIBUTES} characters."
                 )
             target = _header(headers, b"x-amzn-sagemaker-target-model")
+            if hosted_model is not None:
+                # SageMaker forwards the caller's TargetModel header; the model is named by the path.
+                response_kind = negotiate(_header(headers, b"accept"))
+                features = decode(body, _header(headers, b"content-type"))
+                return await self._answer(send, self.lifecycle.acquire_hosted(hosted_model), features, response_kind, request_id)
             if target is None:
                 raise InvalidTarget(
                     "The endpoint is a multi-model endpoint and the request is missing a target model header "
@@ -123,27 +136,29 @@ class SageMakerRoutes:
                 raise InvalidTarget(f"Invalid target model '{target[:100]}': {error}.") from None
             response_kind = negotiate(_header(headers, b"accept"))
             features = decode(body, _header(headers, b"content-type"))
-            entry = await self.lifecycle.acquire(target)
-            try:
-                predictions = await _predict(entry.model, features)
-            finally:
-                self.lifecycle.release(entry)
-            content, content_type = encode(predictions, response_kind)
-            await _respond(
-                send,
-                200,
-                content,
-                [
-                    (b"content-type", content_type.encode()),
-                    (b"x-amzn-invoked-production-variant", self.variant),
-                    (b"x-amzn-requestid", request_id.encode()),
-                ],
-            )
+            await self._answer(send, await self.lifecycle.acquire(target), features, response_kind, request_id)
         except MMEError as error:
             await error_response(send, error, request_id)
         except Exception:
             logger.exception("request %s failed", request_id)
             await error_response(send, MMEError("An internal error occurred."), request_id)
+
+    async def _answer(self, send, entry, features: Features, response_kind: str, request_id: str) -> None:
+        try:
+            predictions = await _predict(entry.model, features)
+        finally:
+            self.lifecycle.release(entry)
+        content, content_type = encode(predictions, response_kind)
+        await _respond(
+            send,
+            200,
+            content,
+            [
+                (b"content-type", content_type.encode()),
+                (b"x-amzn-invoked-production-variant", self.variant),
+                (b"x-amzn-requestid", request_id.encode()),
+            ],
+        )
 
 
 def _header(headers: dict, name: bytes) -> Optional[str]:

@@ -1,0 +1,127 @@
+"""SageMaker's hosting contract for bring-your-own multi-model containers.
+
+When SageMaker runs the image as a multi-model endpoint (``SAGEMAKER_MULTI_MODEL=true``)
+it downloads and unpacks artifacts itself and drives the container with:
+
+| route | answer |
+|---|---|
+| ``POST /models`` ``{"model_name", "url"}`` | 200 loaded; 409 already loaded; 507 no memory (SageMaker then unloads others); 400 bad url |
+| ``GET /models?limit=&next_page_token=`` | ``{"models": [{"modelName", "modelUrl"}], "nextPageToken"}`` |
+| ``GET /models/{name}`` | ``{"modelName", "modelUrl"}``; 404 if not loaded |
+| ``DELETE /models/{name}`` | 200; 404 if not loaded |
+| ``POST /models/{name}/invoke`` | the prediction, as ``/invocations`` answers it |
+
+``url`` must be a folder under one of ``MLSERVER_MME_HOSTING_ROOTS`` (SageMaker's
+``/opt/ml/models`` by default), so ``/proc``, ``/sys`` or ``/dev`` are refused.
+Hosted models are never unloaded by the server's own budgets: SageMaker decides.
+"""
+
+import json
+import os
+from typing import Awaitable, Callable, List
+from urllib.parse import parse_qs
+
+from .errors import AlreadyLoaded, HostedModelNotFound, MMEError, ModelTooLarge
+from .lifecycle import ModelLifecycle
+
+PAGE_SIZE = 100
+
+
+class HostingRoutes:
+    def __init__(self, lifecycle: ModelLifecycle, roots: List[str], invoke: Callable[..., Awaitable[None]]):
+        self.lifecycle = lifecycle
+        self.roots = [os.path.realpath(root) for root in roots]
+        self.invoke = invoke  # answers POST /models/{name}/invoke
+
+    async def __call__(self, scope, receive, send) -> bool:
+        """Answer a hosting route; False if ``scope`` is not one."""
+        path, method = scope["path"], scope["method"]
+        if path == "/models":
+            if method == "POST":
+                await self._load(scope, receive, send)
+            elif method == "GET":
+                await self._list(scope, send)
+            else:
+                return False
+            return True
+        if not path.startswith("/models/"):
+            return False
+        name = path[len("/models/"):]
+        if name.endswith("/invoke") and method == "POST":
+            await self.invoke(scope, receive, send, hosted_model=name[: -len("/invoke")])
+        elif method == "GET":
+            entry = self.lifecycle.hosted().get(name)
+            if entry is None:
+                await _json(send, 404, {"message": f"Model '{name}' is not loaded."})
+            else:
+                await _json(send, 200, {"modelName": name, "modelUrl": entry.model.settings.parameters.uri})
+        elif method == "DELETE":
+            try:
+                await self.lifecycle.unload_hosted(name)
+                await _json(send, 200, {"message": f"Model '{name}' unloaded."})
+            except HostedModelNotFound as error:
+                await _json(send, 404, {"message": error.message})
+        else:
+            return False
+        return True
+
+    async def _load(self, scope, receive, send) -> None:
+        request = {key: values[-1] for key, values in parse_qs(scope.get("query_string", b"").decode()).items()}
+        body = await _body(receive)
+        if body.strip():
+            try:
+                request.update(json.loads(body))
+            except (ValueError, TypeError):
+                return await _json(send, 400, {"message": "The body must be JSON: {\"model_name\": ..., \"url\": ...}."})
+        name, url = request.get("model_name"), request.get("url")
+        if not isinstance(name, str) or not name or not isinstance(url, str) or not url:
+            return await _json(send, 400, {"message": "model_name and url are required."})
+        folder = os.path.realpath(url)
+        if not any(os.path.commonpath([folder, root]) == root for root in self.roots):
+            return await _json(send, 400, {"message": f"url '{url}' is outside the allowed roots {self.roots}."})
+        if not os.path.isdir(folder):
+            return await _json(send, 400, {"message": f"url '{url}' is not a folder."})
+        try:
+            await self.lifecycle.load_hosted(name, folder)
+        except AlreadyLoaded as error:
+            return await _json(send, 409, {"message": error.message})
+        except ModelTooLarge as error:
+            return await _json(send, 507, {"message": error.message})
+        except MMEError as error:
+            return await _json(send, 500 if error.original_status is None else error.original_status, {"message": error.message})
+        await _json(send, 200, {"message": f"Model '{name}' loaded."})
+
+    async def _list(self, scope, send) -> None:
+        query = {key: values[-1] for key, values in parse_qs(scope.get("query_string", b"").decode()).items()}
+        try:
+            limit = max(1, min(1000, int(query.get("limit", PAGE_SIZE))))
+            start = int(query.get("next_page_token", 0))
+        except ValueError:
+            return await _json(send, 400, {"message": "limit and next_page_token must be integers."})
+        hosted = sorted(self.lifecycle.hosted().items())
+        page = hosted[start : start + limit]
+        answer = {"models": [{"modelName": n, "modelUrl": e.model.settings.parameters.uri} for n, e in page]}
+        if start + limit < len(hosted):
+            answer["nextPageToken"] = str(start + limit)
+        await _json(send, 200, answer)
+
+
+async def _body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False) or message["type"] == "http.disconnect":
+            return b"".join(chunks)
+
+
+async def _json(send, status: int, payload: dict) -> None:
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
