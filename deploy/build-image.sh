@@ -21,17 +21,21 @@ BASE=localhost/mlserver-mme-base:bookworm
 IMAGE=localhost/mlserver-mme:latest
 
 for tool in podman debootstrap; do
-  command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install podman buildah debootstrap" >&2; exit 1; }
+  command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install podman buildah debootstrap runc" >&2; exit 1; }
 done
+# Sandboxed hosts (hybrid cgroups, capped rlimits) need runc rather than crun, and modest ulimits.
+podman=(podman)
+command -v runc >/dev/null && podman=(podman --runtime runc)
+limits=(--ulimit nofile=8192:8192 --ulimit nproc=4096:4096)
 started=$(date +%s)
 
-if ! podman image exists "$BASE"; then
+if ! "${podman[@]}" image exists "$BASE"; then
   mkdir -p "$WORK"
   if [ ! -x "$WORK/rootfs/usr/bin/python3" ]; then
     rm -rf "$WORK/rootfs"
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$WORK/rootfs"
   fi
-  tar -C "$WORK/rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$BASE"
+  tar -C "$WORK/rootfs" -c . | "${podman[@]}" import --change 'CMD ["/bin/bash"]' - "$BASE"
 fi
 
 mounts=()
@@ -40,31 +44,31 @@ if [ -f "$CA_BUNDLE" ]; then
   mounts=(--volume "$CA_BUNDLE:/run/host-ca.crt:ro")
   build_args+=(--build-arg PIP_CERT=/run/host-ca.crt)
 fi
-podman build --network=host "${mounts[@]}" "${build_args[@]}" -t "$IMAGE" "$HERE"
+"${podman[@]}" build --format docker --network=host "${limits[@]}" "${mounts[@]}" "${build_args[@]}" -t "$IMAGE" "$HERE"
 built=$(date +%s)
 
 name="mlserver-mme-smoke-$$"
-cleanup() { podman rm -f "$name" >/dev/null 2>&1 || true; }
+cleanup() { "${podman[@]}" rm -f "$name" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
-podman run -d --name "$name" --network=host -e MLSERVER_HOST=127.0.0.1 -e MLSERVER_HTTP_PORT="$PORT" \
+"${podman[@]}" run -d --name "$name" --network=host "${limits[@]}" -e MLSERVER_HOST=127.0.0.1 -e MLSERVER_HTTP_PORT="$PORT" \
   -e MLSERVER_GRPC_PORT=$((PORT + 1)) -e MLSERVER_METRICS_PORT=$((PORT + 2)) "$IMAGE" serve >/dev/null
 for _ in $(seq 1 120); do
   curl -sf "http://127.0.0.1:$PORT/ping" >/dev/null && break
   sleep 0.5
 done
-curl -sf "http://127.0.0.1:$PORT/ping" >/dev/null || { podman logs "$name"; echo "FAIL: /ping" >&2; exit 1; }
+curl -sf "http://127.0.0.1:$PORT/ping" >/dev/null || { "${podman[@]}" logs "$name"; echo "FAIL: /ping" >&2; exit 1; }
 answer=$(curl -sf "http://127.0.0.1:$PORT/invocations" -H 'Content-Type: text/csv' \
   -H 'X-Amzn-SageMaker-Target-Model: Houston_TX.tar.gz' --data-binary $'1995,3000,3,2,1.0,2\n')
-[ "$answer" = "[387599.09375]" ] || { podman logs "$name"; echo "FAIL: invocation answered '$answer'" >&2; exit 1; }
-podman healthcheck run "$name" >/dev/null || { echo "FAIL: HEALTHCHECK" >&2; exit 1; }
-[ "$(podman inspect --format '{{ index .Config.Labels "com.amazonaws.sagemaker.capabilities.multi-models" }}' "$IMAGE")" = true ]
-[ "$(podman inspect --format '{{.Config.User}}' "$IMAGE")" = mme ]
+[ "$answer" = "[387599.09375]" ] || { "${podman[@]}" logs "$name"; echo "FAIL: invocation answered '$answer'" >&2; exit 1; }
+"${podman[@]}" healthcheck run "$name" >/dev/null || { echo "FAIL: HEALTHCHECK" >&2; exit 1; }
+[ "$("${podman[@]}" image inspect --format '{{ index .Config.Labels "com.amazonaws.sagemaker.capabilities.multi-models" }}' "$IMAGE")" = true ]
+[ "$("${podman[@]}" image inspect --format '{{.Config.User}}' "$IMAGE")" = mme ]
 stop_started=$(date +%s)
-podman stop --time 30 "$name" >/dev/null
+"${podman[@]}" stop --time 30 "$name" >/dev/null
 stopped_in=$(( $(date +%s) - stop_started ))
-status=$(podman inspect --format '{{.State.ExitCode}}' "$name")
+status=$("${podman[@]}" inspect --format '{{.State.ExitCode}}' "$name")
 [ "$stopped_in" -lt 30 ] || { echo "FAIL: SIGTERM took ${stopped_in}s" >&2; exit 1; }
 
 echo "OK: $IMAGE answered $answer; stopped by SIGTERM in ${stopped_in}s (exit $status)"
-echo "image size: $(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+echo "image size: $("${podman[@]}" image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 echo "build: $((built - started)) s, total: $(( $(date +%s) - started )) s"

@@ -4,7 +4,8 @@ An artifact is a tar archive (``.tar.gz``, ``.tgz``, ``.tar``; compression is
 detected from the bytes) or a bare model file. Archives are extracted with
 tarfile's ``data`` filter, which refuses absolute names, names escaping the
 folder, links pointing outside it and device files; on top of it the total
-unpacked size and the number of members are capped.
+unpacked size and the number of members are capped. Pythons older than the
+filter (3.11.2 of Debian 12, for one) get the same refusals from ``_checked``.
 """
 
 import lzma
@@ -22,6 +23,9 @@ class UnsafeArchive(ValueError):
     """The artifact cannot be unpacked safely or at all; the message says why."""
 
 
+_FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+
+
 def unpack(artifact: str, destination: str, max_bytes: int, bare_name: str) -> None:
     """Unpack ``artifact`` into the (existing, empty) folder ``destination``.
 
@@ -35,8 +39,12 @@ def unpack(artifact: str, destination: str, max_bytes: int, bare_name: str) -> N
     budget = _Budget(max_bytes)
     try:
         with tarfile.open(artifact, "r:*") as tar:
-            tar.extractall(destination, filter=budget.filter)
-    except tarfile.FilterError as error:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(destination, filter=budget.filter)
+            else:
+                for member in tar:
+                    tar.extract(budget.filter(member, destination), destination, set_attrs=False)
+    except _FILTER_ERRORS as error:
         raise UnsafeArchive(f"unsafe archive member: {error}") from None
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as error:
         raise UnsafeArchive(f"the archive is corrupt or truncated: {error}") from None
@@ -67,8 +75,8 @@ class _Budget:
     def filter(self, member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
         if member.name.startswith("/"):
             # the data filter would strip the slash; an absolute name is refused instead
-            raise tarfile.AbsolutePathError(member)
-        member = tarfile.data_filter(member, path)
+            raise UnsafeArchive(f"unsafe archive member: '{member.name}' is an absolute path")
+        member = tarfile.data_filter(member, path) if hasattr(tarfile, "data_filter") else _checked(member, path)
         self.members += 1
         if self.members > MAX_MEMBERS:
             raise UnsafeArchive(f"the archive holds more than {MAX_MEMBERS} members")
@@ -76,3 +84,21 @@ class _Budget:
         if self.total > self.max_bytes:
             raise UnsafeArchive(f"the archive unpacks to more than the limit of {self.max_bytes} bytes")
         return member
+
+
+def _checked(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:
+    """The ``data`` filter's refusals, for Pythons without it."""
+    root = os.path.realpath(destination)
+    where = os.path.realpath(os.path.join(root, member.name))
+    if os.path.commonpath([root, where]) != root:
+        raise UnsafeArchive(f"unsafe archive member: '{member.name}' would be extracted outside the folder")
+    if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
+        raise UnsafeArchive(f"unsafe archive member: '{member.name}' is a special file")
+    if member.issym() or member.islnk():
+        base = os.path.dirname(where) if member.issym() else root
+        pointed = os.path.realpath(os.path.join(base, member.linkname))
+        if os.path.isabs(member.linkname) or os.path.commonpath([root, pointed]) != root:
+            raise UnsafeArchive(f"unsafe archive member: '{member.name}' links outside the folder")
+    if member.isfile() or member.isdir():
+        member.mode &= 0o755  # no set-id bits, no group or world write
+    return member

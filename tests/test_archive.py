@@ -8,6 +8,13 @@ from artifacts import symlink_member, tar_bytes, tar_with
 from mlserver_mme.archive import UnsafeArchive, unpack
 
 
+@pytest.fixture(autouse=True, params=["data-filter", "without-data-filter"])
+def extraction(request, monkeypatch):
+    """Every test runs with tarfile's data filter and as on Pythons that lack it (Debian 12's 3.11.2)."""
+    if request.param == "without-data-filter":
+        monkeypatch.delattr(tarfile, "data_filter")
+
+
 def unpack_bytes(tmp_path, data: bytes, name="model.tar.gz", max_bytes=10_000):
     artifact = tmp_path / "artifact"
     artifact.write_bytes(data)
