@@ -42,6 +42,6 @@ COPY deploy/entrypoint.sh /usr/local/bin/mlserver-mme-entrypoint
 USER mme
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=2s --start-period=30s \
-  CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ping', timeout=2)"]
+  CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/ping' % os.environ.get('MLSERVER_HTTP_PORT', '8080'), timeout=2)"]
 ENTRYPOINT ["/usr/local/bin/mlserver-mme-entrypoint"]
 CMD ["serve"]
