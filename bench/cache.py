@@ -51,7 +51,7 @@ def at_once(server, targets):
         timed_call(client, target)
 
     with ThreadPoolExecutor(len(targets)) as pool:
-        futures = [pool.submit(send, pair) for pair in zip(clients, targets)]
+        futures = [pool.submit(send, pair) for pair in zip(clients, targets, strict=True)]
         barrier.wait()
         started = time.perf_counter()
         for future in futures:

@@ -6,19 +6,9 @@ import pickle
 import httpx
 import pytest
 from artifacts import EXPECTED, booster, example_bytes, tar_bytes
+from clients import invoke
 from conftest import CREDENTIALS
 from mlserver_process import MLServerProcess, free_port
-
-CSV = b"1995,3000,3,2,1.0,2\n"
-
-
-def call(server, target):
-    return httpx.post(
-        server.url + "/invocations",
-        content=CSV,
-        headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": target},
-        timeout=60,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +24,7 @@ def default_server(tmp_path_factory):
 
 def test_default_settings_serve_the_bundled_examples(default_server):
     for target in ("Houston_TX.tar.gz", "northeast/Boston_MA.tar.gz"):
-        reply = call(default_server, target)
+        reply = invoke(default_server, target)
         assert reply.status_code == 200, reply.text
         assert reply.json() == EXPECTED["predictions"][target][:1]
 
@@ -63,20 +53,20 @@ def folder_server(tmp_path_factory):
 
 
 def test_local_folder_prefix(folder_server):
-    reply = call(folder_server, "Houston_TX.tar.gz")
+    reply = invoke(folder_server, "Houston_TX.tar.gz")
     assert reply.status_code == 200
     assert reply.json() == EXPECTED["predictions"]["Houston_TX.tar.gz"][:1]
 
 
 def test_pickle_loads_when_allowed(folder_server):
-    reply = call(folder_server, "pickled.tar.gz")
+    reply = invoke(folder_server, "pickled.tar.gz")
     assert reply.status_code == 200, reply.text
     assert reply.json() == EXPECTED["predictions"]["Houston_TX.tar.gz"][:1]
 
 
 @pytest.mark.parametrize("target", ["escape.tar.gz", "../outside/secret.tar.gz"])
 def test_nothing_outside_the_folder_is_served(folder_server, target):
-    reply = call(folder_server, target)
+    reply = invoke(folder_server, target)
     assert reply.status_code == 400
     assert reply.headers["x-amzn-errortype"] == "ValidationError"
 
@@ -98,7 +88,7 @@ def dead_storage_server(tmp_path_factory):
 
 
 def test_unreachable_storage_is_a_retryable_service_unavailable(dead_storage_server):
-    reply = call(dead_storage_server, "Houston_TX.tar.gz")
+    reply = invoke(dead_storage_server, "Houston_TX.tar.gz")
     assert reply.status_code == 503
     assert reply.headers["x-amzn-errortype"] == "ServiceUnavailable"
     assert "unavailable" in reply.json()["Message"]

@@ -6,6 +6,7 @@ import botocore.exceptions
 import httpx
 import pytest
 from artifacts import EXPECTED
+from clients import invoke
 from conftest import BUCKET, PREFIX
 
 CSV = b"1995,3000,3,2,1.0,2\n"
@@ -17,13 +18,6 @@ def client_error(sagemaker, **kwargs) -> botocore.exceptions.ClientError:
     with pytest.raises(botocore.exceptions.ClientError) as caught:
         sagemaker.invoke_endpoint(EndpointName="any", **kwargs)
     return caught.value
-
-
-def post(server, target=None, body=CSV, **headers):
-    headers = {"Content-Type": "text/csv", **headers}
-    if target is not None:
-        headers["X-Amzn-SageMaker-Target-Model"] = target
-    return httpx.post(server.url + "/invocations", content=body, headers=headers, timeout=60)
 
 
 def assert_sagemaker_error(reply, code, status):
@@ -59,14 +53,14 @@ def test_missing_target_model_header(sagemaker):
 )
 def test_invalid_target_never_touches_storage(server, s3, target):
     before = s3.total()
-    body = assert_sagemaker_error(post(server, target), "ValidationError", 400)
+    body = assert_sagemaker_error(invoke(server, target), "ValidationError", 400)
     assert "target model" in body["Message"]
     assert s3.total() == before
 
 
 def test_longest_valid_target_is_looked_up(server):
     target = "x" * 1017 + ".tar.gz"
-    body = assert_sagemaker_error(post(server, target), "ValidationError", 400)
+    body = assert_sagemaker_error(invoke(server, target), "ValidationError", 400)
     assert f"s3://{BUCKET}/{PREFIX}{target}" in body["Message"]
 
 

@@ -1,12 +1,11 @@
 """SageMaker's hosting contract, driven as SageMaker drives a multi-model container."""
 
-import json
 import os
 import tarfile
 
 import httpx
 import pytest
-from artifacts import EXPECTED, EXAMPLES, ROWS
+from artifacts import EXAMPLES, EXPECTED, ROWS
 from mlserver_process import MLServerProcess
 
 CSV = "".join(",".join(map(str, row)) + "\n" for row in ROWS).encode()

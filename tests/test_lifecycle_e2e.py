@@ -2,13 +2,13 @@
 
 import json
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from artifacts import EXPECTED, example_bytes, legacy_model_bytes, tar_bytes
+from clients import invoke
 from conftest import BUCKET, CREDENTIALS
 from mlserver_process import MLServerProcess
 
@@ -59,12 +59,7 @@ def start_server(s3, prefix, tmp_path):
 
 
 def call(server, target, body=CSV):
-    return httpx.post(
-        server.url + "/invocations",
-        content=body,
-        headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": target},
-        timeout=60,
-    )
+    return invoke(server, target, body)
 
 
 def states(server) -> dict:

@@ -3,7 +3,6 @@
 import io
 import json
 import os
-import struct
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from artifacts import EXPECTED, ROWS, example_targets, legacy_model_bytes, predict
-from conftest import BUCKET, PREFIX, s3_env
+from conftest import BUCKET, PREFIX
 from recordio_writer import dense_records
 
 CSV_BODY = "".join(",".join(map(str, row)) + "\n" for row in ROWS).encode()

@@ -15,7 +15,7 @@ from artifacts import EXPECTED
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from conftest import CREDENTIALS, s3_env
+from conftest import s3_env
 from mlserver_process import MLServerProcess
 
 CSV = b"1995,3000,3,2,1.0,2\n"

@@ -4,6 +4,7 @@ import json
 
 import httpx
 from artifacts import EXPECTED, ROWS
+from clients import invoke
 from conftest import BUCKET, PREFIX
 
 CSV = "".join(",".join(map(str, row)) + "\n" for row in ROWS).encode()
@@ -15,12 +16,7 @@ def v2_infer(server, name):
 
 
 def sagemaker_call(server, target):
-    return httpx.post(
-        server.url + "/invocations",
-        content=CSV,
-        headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": target},
-        timeout=60,
-    )
+    return invoke(server, target, CSV)
 
 
 def index(server):
