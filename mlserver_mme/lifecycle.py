@@ -41,6 +41,8 @@ from .naming import hosted_name, is_hosted_name, v2_name
 
 logger = logging.getLogger("mlserver.mme")
 
+MAX_REMEMBERED_FAILURES = 10_000
+
 
 @dataclass(eq=False)
 class Entry:
@@ -95,7 +97,7 @@ class ModelLifecycle:
         entry.in_flight += 1
         entry.last_used = time.monotonic()
         self._entries.move_to_end(entry.name)
-        if self.settings.revalidate_after is not None and not entry.swapping:
+        if self.settings.revalidate_after is not None and not entry.swapping and not is_hosted_name(entry.name):
             if entry.last_used - entry.checked_at >= self.settings.revalidate_after:
                 entry.swapping = True
                 asyncio.ensure_future(self._revalidate(entry))
@@ -139,9 +141,17 @@ class ModelLifecycle:
             self._failures.pop(name, None)
         except MMEError as error:
             if self.settings.failure_ttl > 0:
-                self._failures[name] = (time.monotonic() + self.settings.failure_ttl, error)
+                self._remember_failure(name, error)
             logger.info("event=load-failed model=%s error=%s", target, error.sagemaker_code)
             raise
+
+    def _remember_failure(self, name: str, error: MMEError) -> None:
+        now = time.monotonic()
+        if len(self._failures) >= MAX_REMEMBERED_FAILURES:  # many distinct bad names: keep the live ones
+            self._failures = {n: f for n, f in self._failures.items() if f[0] > now}
+            while len(self._failures) >= MAX_REMEMBERED_FAILURES:
+                self._failures.pop(next(iter(self._failures)))
+        self._failures[name] = (now + self.settings.failure_ttl, error)
 
     async def _load_into_registry(self, target: str, name: str, settings) -> Entry:
         before = process_tree_memory()

@@ -105,8 +105,9 @@ class SageMakerRoutes:
                 raise RequestTooLarge(f"The request headers are larger than {self.settings.max_header_bytes} bytes.")
             headers = dict(scope["headers"])
             body = await _read_body(receive, headers, self.settings.max_payload_bytes)
-            if self.verifier is not None:
+            if self.verifier is not None and hosted_model is None:
                 # Before anything else: nothing is fetched or loaded for an unsigned request.
+                # (SageMaker's own calls of the hosting contract are not signed.)
                 self.verifier.verify(
                     scope["method"],
                     scope.get("raw_path", scope["path"].encode()).decode("latin-1"),

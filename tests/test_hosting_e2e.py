@@ -27,6 +27,8 @@ def hosting(tmp_path_factory):
             "SAGEMAKER_MULTI_MODEL": "true",
             "MLSERVER_MME_HOSTING_ROOTS": str(root),
             "MLSERVER_MME_MAX_LOADED_MODELS": "2",
+            # SageMaker's calls are not signed: SigV4 guards /invocations only
+            "MLSERVER_MME_SIGV4_KEYS": "AKIDHOSTING:secret",
             "MLSERVER_MME_CACHE_DIR": str(work / "cache"),
         },
         str(work / "log"),
@@ -106,3 +108,14 @@ def test_malformed_load_requests(hosting):
     assert httpx.post(hosting.url + "/models", json={"model_name": "x"}).status_code == 400
     missing = str(hosting.root / "hash-missing")
     assert httpx.post(hosting.url + "/models", json={"model_name": "x", "url": missing}).status_code == 400
+
+
+def test_sigv4_guards_invocations_but_not_the_hosting_contract(hosting):
+    reply = httpx.post(
+        hosting.url + "/invocations", content=CSV,
+        headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": "Houston_TX.tar.gz"},
+    )
+    assert reply.status_code == 403
+    assert load(hosting, "m-signed", "Houston_TX").status_code == 200
+    assert invoke(hosting, "m-signed", "Houston_TX.tar.gz").status_code == 200
+    assert httpx.delete(hosting.url + "/models/m-signed").status_code == 200
