@@ -1,0 +1,421 @@
+"""This server side by side with SageMaker's multi-model stack, plain MLServer and the floors.
+
+    bash bench/setup_peers.sh      # once: plain MLServer's venv, SageMaker's MMS stack (needs Java)
+    python bench/compare.py        # about 15 minutes; --quick for a 3-minute smoke run
+
+Every system runs on this machine in the same run, with the same model (a bundled home-value regressor)
+and the same closed-loop client (``loadgen.py``: keep-alive, warm-up excluded, client/server/machine CPU).
+Writes ``results.md``, ``results.json`` and PNG plots to ``bench/results/`` (``--results``).
+
+Scenarios: warm one model (1-row CSV, default Accept) at concurrency 1, 8, 32; warm with 100 loaded models
+and a random target; cold first requests broken into download / unpack / load / first answer against the
+floor (the same S3 GET, unpack, Booster load and predict in one process); churn over 1,000 models with room
+for 100 under Zipf(1.1); memory (PSS) per loaded model at 10, 100 and 1,000 models.
+"""
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import datetime
+import io
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import tarfile
+import tempfile
+import time
+
+import boto3
+import httpx
+import numpy as np
+import xgboost as xgb
+
+import loadgen
+import systems
+from common import BODY, MODEL, s3_with_models
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover
+    uvloop = None
+
+CSV_HEADERS = {"Content-Type": "text/csv"}
+ROW = [1995, 3000, 3, 2.0, 1.0, 2]
+V2_BODY = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 6], "datatype": "FP32", "data": ROW}]}).encode()
+V2_HEADERS = {"Content-Type": "application/json"}
+BUCKET, PREFIX = "models", "mme/"
+
+
+def run(coroutine):
+    return asyncio.run(coroutine) if uvloop is None else uvloop.run(coroutine)
+
+
+def sagemaker_request(url, target):
+    return loadgen.post(url + "/invocations", BODY, {**CSV_HEADERS, "X-Amzn-SageMaker-Target-Model": target})
+
+
+def random_target(url, targets):
+    async def request(session):
+        headers = {**CSV_HEADERS, "X-Amzn-SageMaker-Target-Model": random.choice(targets)}
+        async with session.post(url + "/invocations", data=BODY, headers=headers) as reply:
+            await reply.read()
+            return reply.status == 200
+
+    return request
+
+
+def row(system, scenario, result, **extra):
+    return {"system": system, "scenario": scenario, "conc": result.conc, "rps": round(result.rps, 1),
+            "p50_ms": round(result.percentile(50), 3), "p99_ms": round(result.percentile(99), 3),
+            "errors": result.errors, "client_cores": result.client_cores, "server_cores": result.server_cores,
+            "machine_cores": result.machine_cores, **extra}
+
+
+def warm(name, pid, make_request, concs, args, results, latencies=None):
+    for conc in concs:
+        result = run(loadgen.closed_loop(make_request, conc, args.duration, args.warmup, pid))
+        results["warm"].append(row(name, "warm, one model", result))
+        if latencies is not None and conc == 8:
+            latencies[name] = result.latencies_ms
+        print(f"  {name} conc {conc}: {result.rps:.0f} req/s, p50 {result.percentile(50):.2f} ms")
+
+
+# -- floors ------------------------------------------------------------------------------------------------
+
+
+def floor_inprocess(results):
+    raw = tarfile.open(fileobj=io.BytesIO(MODEL)).extractfile("xgboost-model").read()
+    booster = xgb.Booster()
+    booster.load_model(bytearray(raw))
+    booster.set_param({"nthread": 1})
+    from mlserver_mme.payloads import decode, encode
+
+    def timed(function, n=3000):
+        for _ in range(200):
+            function()
+        samples = []
+        for _ in range(n):
+            started = time.perf_counter_ns()
+            function()
+            samples.append((time.perf_counter_ns() - started) / 1e3)
+        return round(statistics.median(samples), 1)
+
+    features = np.array([ROW], dtype=np.float32)
+    results["floor"] = {
+        "inplace_predict_us": timed(lambda: booster.inplace_predict(features)),
+        "csv_decode_predict_json_us": timed(lambda: encode(booster.inplace_predict(decode(BODY, "text/csv")), "application/json")),
+    }
+    print(f"  in-process floor: {results['floor']}")
+
+
+def floor_cold(s3_url, targets):
+    """The same S3 GET + unpack + Booster load + predict, done directly in one process (ms each)."""
+    client = boto3.client("s3", endpoint_url=s3_url, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+    times = []
+    for target in targets:
+        started = time.perf_counter()
+        data = client.get_object(Bucket=BUCKET, Key=PREFIX + target)["Body"].read()
+        with tempfile.TemporaryDirectory() as folder:
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                tar.extractall(folder, filter="data")
+            booster = xgb.Booster()
+            booster.load_model(os.path.join(folder, "xgboost-model"))
+        booster.inplace_predict(np.array([ROW], dtype=np.float32))
+        times.append((time.perf_counter() - started) * 1e3)
+    return times
+
+
+# -- our server --------------------------------------------------------------------------------------------
+
+
+def metric(system, name):
+    text = httpx.get(system.metrics_url).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def cold_breakdown(system, targets):
+    rows = []
+    with httpx.Client(base_url=system.url, timeout=120) as http:
+        for target in targets:
+            started = time.perf_counter()
+            reply = http.post("/invocations", content=BODY, headers={**CSV_HEADERS, "X-Amzn-SageMaker-Target-Model": target})
+            assert reply.status_code == 200, reply.text
+            rows.append({"target": target, "total_ms": (time.perf_counter() - started) * 1e3})
+    log = open(system.log).read()
+    for entry in rows:
+        download = re.search(rf"event=download model={re.escape(entry['target'])} .*download_ms=([\d.]+) unpack_ms=([\d.]+)", log)
+        load = re.search(rf"event=load model={re.escape(entry['target'])} .*load_ms=([\d.]+)", log)
+        entry["download_ms"], entry["unpack_ms"] = float(download.group(1)), float(download.group(2))
+        entry["load_ms"] = float(load.group(1))
+        entry["answer_ms"] = entry["total_ms"] - entry["download_ms"] - entry["unpack_ms"] - entry["load_ms"]
+    return rows
+
+
+def zipf_sampler(n_models, s=1.1, seed=11):
+    rng = random.Random(seed)
+    weights = [1 / (rank**s) for rank in range(1, n_models + 1)]
+    cumulative = list(np.cumsum(weights))
+    return lambda: rng.choices(range(n_models), cum_weights=cumulative, k=1)[0]
+
+
+def lru_hit_ratio(trace, capacity):
+    cache, hits = collections.OrderedDict(), 0
+    for key in trace:
+        if key in cache:
+            hits += 1
+            cache.move_to_end(key)
+        else:
+            cache[key] = True
+            if len(cache) > capacity:
+                cache.popitem(last=False)
+    return hits / len(trace)
+
+
+def churn_ours(system, n_models, slots, args):
+    draw = zipf_sampler(n_models)
+    trace, windows = [], []
+    last = [metric(system, "mme_model_cache_hits_total"), metric(system, "mme_model_cache_misses_total")]
+
+    async def request(session):
+        key = draw()
+        trace.append(key)
+        headers = {**CSV_HEADERS, "X-Amzn-SageMaker-Target-Model": f"zipf/m{key:04d}.tar.gz"}
+        async with session.post(system.url + "/invocations", data=BODY, headers=headers) as reply:
+            await reply.read()
+            return reply.status == 200
+
+    def tick():
+        hits, misses = metric(system, "mme_model_cache_hits_total"), metric(system, "mme_model_cache_misses_total")
+        done = (hits - last[0]) + (misses - last[1])
+        windows.append((hits - last[0]) / done if done else float("nan"))
+        last[:] = [hits, misses]
+
+    hits0, misses0 = metric(system, "mme_model_cache_hits_total"), metric(system, "mme_model_cache_misses_total")
+    result = run(loadgen.closed_loop(request, 8, args.churn_duration, 0.0, system.pid, on_tick=tick))
+    hits = metric(system, "mme_model_cache_hits_total") - hits0
+    misses = metric(system, "mme_model_cache_misses_total") - misses0
+    return result, hits / (hits + misses), lru_hit_ratio(trace, slots), windows
+
+
+def exact_trace_ours(system, n_models, slots, n_requests):
+    """Hit ratio of a sequential Zipf trace (concurrency 1) against an exact LRU simulation of it.
+
+    At higher concurrency a request arriving while its model loads is a miss for the server (it waits)
+    but a hit for a sequential simulation, so the exact comparison is made one request at a time.
+    """
+    draw = zipf_sampler(n_models, seed=29)
+    trace = [draw() for _ in range(n_requests)]
+    hits0, misses0 = metric(system, "mme_model_cache_hits_total"), metric(system, "mme_model_cache_misses_total")
+    with httpx.Client(base_url=system.url, timeout=120) as http:
+        for key in trace:
+            http.post("/invocations", content=BODY,
+                      headers={**CSV_HEADERS, "X-Amzn-SageMaker-Target-Model": f"zipf/m{key:04d}.tar.gz"})
+    hits = metric(system, "mme_model_cache_hits_total") - hits0
+    misses = metric(system, "mme_model_cache_misses_total") - misses0
+    return round(hits / (hits + misses), 4), round(lru_hit_ratio(trace, slots), 4)
+
+
+def density_ours(system, levels):
+    measured = {}
+    baseline = loadgen.tree_pss_bytes(system.pid)
+    loaded = 0
+    with httpx.Client(base_url=system.url, timeout=120) as http:
+        for level in levels:
+            while loaded < level:
+                reply = http.post("/invocations", content=BODY,
+                                  headers={**CSV_HEADERS, "X-Amzn-SageMaker-Target-Model": f"zipf/m{loaded:04d}.tar.gz"})
+                assert reply.status_code == 200
+                loaded += 1
+            measured[level] = round((loadgen.tree_pss_bytes(system.pid) - baseline) / level / 2**20, 3)
+    return measured
+
+
+# -- SageMaker's MMS stack ---------------------------------------------------------------------------------
+
+
+class MMSAgent:
+    """What SageMaker's MME agent does in front of the container: register on demand, unregister the
+    least recently used idle model when the slots are full."""
+
+    def __init__(self, url, slots):
+        self.url, self.slots = url, slots
+        self.registered = collections.OrderedDict()
+        self.in_flight = collections.Counter()
+        self.locks = collections.defaultdict(asyncio.Lock)
+        self.hits = self.misses = 0
+
+    async def acquire(self, session, index):
+        name = f"model_{index:03d}"
+        if name in self.registered:
+            self.hits += 1
+        else:
+            self.misses += 1
+            async with self.locks[name]:
+                if name not in self.registered:
+                    while len(self.registered) >= self.slots:
+                        victim = next((n for n in self.registered if self.in_flight[n] == 0), None)
+                        if victim is None:
+                            break
+                        del self.registered[victim]
+                        async with session.delete(f"{self.url}/models/{victim}") as reply:
+                            await reply.read()
+                    async with session.post(f"{self.url}/models", params={"url": systems.mms_model_dir(index), "model_name": name}) as reply:
+                        await reply.read()
+                    self.registered[name] = True
+        self.registered.move_to_end(name)
+        self.in_flight[name] += 1
+        return name
+
+
+def mms_register(url, indices):
+    times = []
+    with httpx.Client(timeout=120) as http:
+        for index in indices:
+            name = f"model_{index:03d}"
+            started = time.perf_counter()
+            reply = http.post(f"{url}/models", params={"url": systems.mms_model_dir(index), "model_name": name})
+            assert reply.status_code == 200, reply.text
+            registered = time.perf_counter()
+            answer = http.post(f"{url}/models/{name}/invoke", content=BODY, headers=CSV_HEADERS)
+            assert answer.status_code == 200, answer.text
+            times.append(((registered - started) * 1e3, (time.perf_counter() - started) * 1e3))
+    return times
+
+
+def run_mms(args, results, latencies):
+    with contextlib.ExitStack() as stack:
+        work = stack.enter_context(tempfile.TemporaryDirectory())
+        system = stack.enter_context(systems.mms(work))
+        name = system.name
+        base_pss = loadgen.tree_pss_bytes(system.pid)
+        cold = mms_register(system.url, range(0, args.cold_models))
+        results["cold"]["mms_register_to_answer_ms"] = [round(t[1], 1) for t in cold]
+        results["density"][name] = {args.cold_models: round((loadgen.tree_pss_bytes(system.pid) - base_pss) / args.cold_models / 2**20, 1)}
+        url = f"{system.url}/models/model_000/invoke"
+        warm(name, system.pid, loadgen.post(url, BODY, CSV_HEADERS), args.concs, args, results, latencies)
+        mms_register(system.url, range(args.cold_models, 100))
+        results["density"][name][100] = round((loadgen.tree_pss_bytes(system.pid) - base_pss) / 100 / 2**20, 1)
+
+        async def random_model(session):
+            target = f"{system.url}/models/model_{random.randrange(100):03d}/invoke"
+            async with session.post(target, data=BODY, headers=CSV_HEADERS) as reply:
+                await reply.read()
+                return reply.status == 200
+
+        result = run(loadgen.closed_loop(random_model, 8, args.duration, args.warmup, system.pid))
+        results["warm_n"].append(row(name, "warm, 100 models, random target", result))
+    with contextlib.ExitStack() as stack:  # churn on a fresh MMS
+        work = stack.enter_context(tempfile.TemporaryDirectory())
+        system = stack.enter_context(systems.mms(work))
+        agent = MMSAgent(system.url, args.slots)
+        draw = zipf_sampler(args.churn_models)
+        windows, last = [], [0, 0]
+
+        async def request(session):
+            model = await agent.acquire(session, draw())
+            try:
+                async with session.post(f"{system.url}/models/{model}/invoke", data=BODY, headers=CSV_HEADERS) as reply:
+                    await reply.read()
+                    return reply.status == 200
+            finally:
+                agent.in_flight[model] -= 1
+
+        def tick():
+            done = (agent.hits - last[0]) + (agent.misses - last[1])
+            windows.append((agent.hits - last[0]) / done if done else float("nan"))
+            last[:] = [agent.hits, agent.misses]
+
+        result = run(loadgen.closed_loop(request, 8, args.churn_duration, 0.0, system.pid, on_tick=tick))
+        results["churn"].append(row(system.name, f"churn, {args.churn_models} models, room for {args.slots}", result,
+                                    hit_ratio=round(agent.hits / max(1, agent.hits + agent.misses), 4)))
+        results["churn_windows"][system.name] = windows
+
+
+# -- the run -----------------------------------------------------------------------------------------------
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--results", default=os.path.join(systems.HERE, "results"))
+    parser.add_argument("--skip", default="", help="comma-separated: mms, plain")
+    args = parser.parse_args()
+    args.duration, args.warmup = (3, 1) if args.quick else (12, 2)
+    args.concs = [1, 8, 32]
+    args.cold_models = 10 if args.quick else 20
+    args.churn_models, args.slots = (300, 30) if args.quick else (1000, 100)
+    args.churn_duration = 10 if args.quick else 30
+    args.exact_requests = 1000 if args.quick else 5000
+    density_levels = [10, 100] if args.quick else [10, 100, 1000]
+    skip = set(filter(None, args.skip.split(",")))
+    os.makedirs(args.results, exist_ok=True)
+    results = {"meta": {"date": datetime.date.today().isoformat(), "machine": f"{os.cpu_count()} cores, "
+                        f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB, {platform.platform()}",
+                        "python": platform.python_version(), "xgboost": xgb.__version__, "quick": args.quick},
+               "warm": [], "warm_n": [], "cold": {}, "churn": [], "churn_windows": {}, "density": {}, "skipped": {}}
+    latencies = {}
+    print("floors")
+    floor_inprocess(results)
+    cold_targets = [f"cold/m{i:02d}.tar.gz" for i in range(args.cold_models)]
+    warm_targets = [f"warmn/m{i:03d}.tar.gz" for i in range(100)]
+    targets = ["warm/house.tar.gz", *cold_targets, *warm_targets] + [f"zipf/m{i:04d}.tar.gz" for i in range(max(args.churn_models, density_levels[-1]))]
+    with s3_with_models(targets) as s3, tempfile.TemporaryDirectory() as work:
+        prefix = f"s3://{BUCKET}/{PREFIX}"
+        with systems.echo(work) as system:
+            warm(system.name, system.pid, loadgen.post(system.url + "/invocations", BODY, CSV_HEADERS), args.concs, args, results, latencies)
+        print("mlserver-mme")
+        with systems.ours(s3.url, prefix, work) as system:
+            results["cold"]["ours"] = cold_breakdown(system, cold_targets)
+            results["cold"]["floor_ms"] = [round(t, 1) for t in floor_cold(s3.url, cold_targets)]
+            warm(system.name + " /invocations", system.pid, sagemaker_request(system.url, "warm/house.tar.gz"), args.concs, args, results, latencies)
+            warm(system.name + " V2 infer", system.pid, loadgen.post(system.url + "/v2/models/warm~2Fhouse/infer", V2_BODY, V2_HEADERS), args.concs, args, results, latencies)
+            with httpx.Client(base_url=system.url, timeout=120) as http:
+                for target in warm_targets:
+                    http.post("/invocations", content=BODY, headers={**CSV_HEADERS, "X-Amzn-SageMaker-Target-Model": target})
+            result = run(loadgen.closed_loop(random_target(system.url, warm_targets), 8, args.duration, args.warmup, system.pid))
+            results["warm_n"].append(row(system.name, "warm, 100 models, random target", result))
+        with systems.ours(s3.url, prefix, work) as system:
+            results["density"][system.name] = density_ours(system, density_levels)
+        with systems.ours(s3.url, prefix, work, max_loaded_models=args.slots) as system:
+            result, measured, expected, windows = churn_ours(system, args.churn_models, args.slots, args)
+            results["churn"].append(row(system.name, f"churn, {args.churn_models} models, room for {args.slots}", result,
+                                        hit_ratio=round(measured, 4), lru_simulation=round(expected, 4)))
+            results["churn_windows"][system.name] = windows
+        with systems.ours(s3.url, prefix, work, max_loaded_models=args.slots) as system:
+            measured, expected = exact_trace_ours(system, args.churn_models, args.slots, args.exact_requests)
+            results["exact_trace"] = {"requests": args.exact_requests, "hit_ratio": measured, "lru_simulation": expected}
+        if "plain" not in skip:
+            print("plain MLServer")
+            raw = tarfile.open(fileobj=io.BytesIO(MODEL)).extractfile("xgboost-model").read()
+            booster = xgb.Booster()
+            booster.load_model(bytearray(raw))
+            try:
+                with systems.plain_mlserver(bytes(booster.save_raw("json")), work) as system:
+                    warm(system.name, system.pid, loadgen.post(system.url + "/v2/models/house/infer", V2_BODY, V2_HEADERS), args.concs, args, results, latencies)
+            except systems.Unavailable as why:
+                results["skipped"]["plain MLServer"] = str(why)
+        if "mms" not in skip:
+            print("SageMaker MMS")
+            try:
+                run_mms(args, results, latencies)
+            except systems.Unavailable as why:
+                results["skipped"]["SageMaker MMS"] = str(why)
+                print(f"  skipped: {why}")
+    with open(os.path.join(args.results, "results.json"), "w") as file:
+        json.dump(results, file, indent=1)
+    import report
+
+    report.write(results, latencies, args.results)
+    print(open(os.path.join(args.results, "results.md")).read())
+
+
+if __name__ == "__main__":
+    main()
