@@ -406,8 +406,8 @@ def main():
             print("SageMaker MMS")
             try:
                 run_mms(args, results, latencies)
-            except systems.Unavailable as why:
-                results["skipped"]["SageMaker MMS"] = str(why)
+            except Exception as why:  # a peer failing must not lose the other systems' figures
+                results["skipped"]["SageMaker MMS"] = f"{type(why).__name__}: {why}"
                 print(f"  skipped: {why}")
     with open(os.path.join(args.results, "results.json"), "w") as file:
         json.dump(results, file, indent=1)

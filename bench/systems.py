@@ -41,10 +41,17 @@ class System:
     pid: int
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(low: bool = False) -> int:
+    """A free loopback port; ``low``: one below the ephemeral range (20000-29999)."""
+    candidates = range(20000, 30000) if low else [0]
+    for candidate in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free port")
 
 
 def wait_ready(url: str, process: Optional[subprocess.Popen], timeout: float = 120.0) -> None:
@@ -134,7 +141,7 @@ def mms(work: str):
     if not os.path.exists(os.path.join(MMS_ROOT, "venv", "bin", "multi-model-server")):
         subprocess.run(["bash", os.path.join(MMS_HARNESS, "setup.sh")], check=True,
                        env={**os.environ, "PEER_ROOT": MMS_ROOT, "N_MODELS": "1000"})
-    port = free_port()
+    port = free_port(low=True)  # MMS refuses ports in the ephemeral range
     env = {**os.environ, "PEER_ROOT": MMS_ROOT, "PORT": str(port)}
     subprocess.run(["bash", start], check=True, env=env, stdout=subprocess.DEVNULL)
     try:
