@@ -26,14 +26,17 @@ def _proc_cpu(pid: int) -> float:
 
 
 def tree_pids(root: int) -> List[int]:
+    """``root`` and its descendants, whichever thread started them (the JVM forks from worker threads)."""
     pids, frontier = [root], [root]
     while frontier:
         pid = frontier.pop()
+        children = []
         try:
-            with open(f"/proc/{pid}/task/{pid}/children") as file:
-                children = [int(c) for c in file.read().split()]
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as file:
+                    children += [int(c) for c in file.read().split()]
         except OSError:
-            children = []
+            pass
         pids += children
         frontier += children
     return pids

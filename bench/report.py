@@ -52,11 +52,12 @@ def targets(results):
         gap = (exact["hit_ratio"] - exact["lru_simulation"]) * 100
         out.append((f"hit ratio minus exact LRU simulation, {exact['requests']}-request Zipf trace (pt)", "within +-1",
                     gap, abs(gap) <= 1))
-    ours_mem, mms_mem = results["density"].get("mlserver-mme", {}), results["density"].get(MMS, {})
-    common = [level for level in ours_mem if level in mms_mem or str(level) in mms_mem]
+    ours_mem = {int(k): v for k, v in results["density"].get("mlserver-mme", {}).items()}
+    mms_mem = {int(k): v for k, v in results["density"].get(MMS, {}).items()}
+    common = [level for level in ours_mem if level in mms_mem]
     if common:
-        level = max(common, key=int)
-        r = ratio(ours_mem[level], mms_mem.get(level, mms_mem.get(str(level))))
+        level = max(common)
+        r = ratio(ours_mem[level], mms_mem[level])
         out.append((f"memory per loaded model vs MMS ({level} models)", "<= 0.1x", r, r is not None and r <= 0.1))
     return out
 
@@ -86,9 +87,12 @@ def write(results, latencies, folder):
         lines.append(f"| floor: S3 GET + unpack + load + predict in one process | | | | | {_median(cold['floor_ms']):.1f} |")
         if cold.get("mms_register_to_answer_ms"):
             lines.append(f"| {MMS}: register to first answer (no download) | | | | | {_median(cold['mms_register_to_answer_ms']):.1f} |")
-    lines += ["", "## Memory per loaded model (PSS, MiB)", "", "| system | " + " | ".join(f"{k} models" for k in (10, 100, 1000)) + " |", "|---|---:|---:|---:|"]
+    counts = sorted({int(k) for levels in results["density"].values() for k in levels})
+    lines += ["", "## Memory per loaded model (PSS, MiB)", "", "| system | " + " | ".join(f"{k} models" for k in counts) + " |",
+              "|---|" + "---:|" * len(counts)]
     for system, levels in results["density"].items():
-        lines.append(f"| {system} | " + " | ".join(str(levels.get(k, levels.get(str(k), "-"))) for k in (10, 100, 1000)) + " |")
+        levels = {int(k): v for k, v in levels.items()}
+        lines.append(f"| {system} | " + " | ".join(str(levels.get(k, "-")) for k in counts) + " |")
     for system, why in results.get("skipped", {}).items():
         lines.append(f"\nSkipped {system}: {why}")
     with open(os.path.join(folder, "results.md"), "w") as file:
