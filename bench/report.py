@@ -68,7 +68,7 @@ def write(results, latencies, folder):
              f"xgboost {results['meta']['xgboost']}. One run, every system side by side; 1-row CSV, default Accept.", ""]
     lines += ["## Targets", "", "| target | goal | measured | met |", "|---|---|---:|---|"]
     for name, goal, value, met in targets(results):
-        shown = "skipped" if value is None else f"{value:.2f}"
+        shown = "skipped" if value is None else f"{value:.3g}"
         lines.append(f"| {name} | {goal} | {shown} | {'yes' if met else 'no'} |")
     lines += ["", "## Warm", "", "| system | scenario | conc | req/s | p50 ms | p99 ms | errors | CPU client / server / machine |",
               "|---|---|---:|---:|---:|---:|---:|---|"]
