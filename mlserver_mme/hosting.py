@@ -21,10 +21,12 @@ import os
 from typing import Awaitable, Callable, List
 from urllib.parse import parse_qs
 
+from .asgi import read_body, respond_json
 from .errors import AlreadyLoaded, HostedModelNotFound, MMEError, ModelTooLarge
 from .lifecycle import ModelLifecycle
 
 PAGE_SIZE = 100
+MAX_LOAD_REQUEST_BYTES = 64 * 1024
 
 
 class HostingRoutes:
@@ -52,44 +54,47 @@ class HostingRoutes:
         elif method == "GET":
             entry = self.lifecycle.hosted().get(name)
             if entry is None:
-                await _json(send, 404, {"message": f"Model '{name}' is not loaded."})
+                await respond_json(send, 404, {"message": f"Model '{name}' is not loaded."})
             else:
-                await _json(send, 200, {"modelName": name, "modelUrl": entry.model.settings.parameters.uri})
+                await respond_json(send, 200, {"modelName": name, "modelUrl": entry.model.settings.parameters.uri})
         elif method == "DELETE":
             try:
                 await self.lifecycle.unload_hosted(name)
-                await _json(send, 200, {"message": f"Model '{name}' unloaded."})
+                await respond_json(send, 200, {"message": f"Model '{name}' unloaded."})
             except HostedModelNotFound as error:
-                await _json(send, 404, {"message": error.message})
+                await respond_json(send, 404, {"message": error.message})
         else:
             return False
         return True
 
     async def _load(self, scope, receive, send) -> None:
         request = {key: values[-1] for key, values in parse_qs(scope.get("query_string", b"").decode()).items()}
-        body = await _body(receive)
+        try:
+            body = await read_body(receive, dict(scope["headers"]), MAX_LOAD_REQUEST_BYTES)
+        except MMEError as error:
+            return await respond_json(send, error.sagemaker_status, {"message": error.message})
         if body.strip():
             try:
                 request.update(json.loads(body))
             except (ValueError, TypeError):
-                return await _json(send, 400, {"message": "The body must be JSON: {\"model_name\": ..., \"url\": ...}."})
+                return await respond_json(send, 400, {"message": "The body must be JSON: {\"model_name\": ..., \"url\": ...}."})
         name, url = request.get("model_name"), request.get("url")
         if not isinstance(name, str) or not name or not isinstance(url, str) or not url:
-            return await _json(send, 400, {"message": "model_name and url are required."})
+            return await respond_json(send, 400, {"message": "model_name and url are required."})
         folder = os.path.realpath(url)
         if not any(os.path.commonpath([folder, root]) == root for root in self.roots):
-            return await _json(send, 400, {"message": f"url '{url}' is outside the allowed roots {self.roots}."})
+            return await respond_json(send, 400, {"message": f"url '{url}' is outside the allowed roots {self.roots}."})
         if not os.path.isdir(folder):
-            return await _json(send, 400, {"message": f"url '{url}' is not a folder."})
+            return await respond_json(send, 400, {"message": f"url '{url}' is not a folder."})
         try:
             await self.lifecycle.load_hosted(name, folder)
         except AlreadyLoaded as error:
-            return await _json(send, 409, {"message": error.message})
+            return await respond_json(send, 409, {"message": error.message})
         except ModelTooLarge as error:
-            return await _json(send, 507, {"message": error.message})
+            return await respond_json(send, 507, {"message": error.message})
         except MMEError as error:
-            return await _json(send, 500 if error.original_status is None else error.original_status, {"message": error.message})
-        await _json(send, 200, {"message": f"Model '{name}' loaded."})
+            return await respond_json(send, 500 if error.original_status is None else error.original_status, {"message": error.message})
+        await respond_json(send, 200, {"message": f"Model '{name}' loaded."})
 
     async def _list(self, scope, send) -> None:
         query = {key: values[-1] for key, values in parse_qs(scope.get("query_string", b"").decode()).items()}
@@ -97,31 +102,10 @@ class HostingRoutes:
             limit = max(1, min(1000, int(query.get("limit", PAGE_SIZE))))
             start = int(query.get("next_page_token", 0))
         except ValueError:
-            return await _json(send, 400, {"message": "limit and next_page_token must be integers."})
+            return await respond_json(send, 400, {"message": "limit and next_page_token must be integers."})
         hosted = sorted(self.lifecycle.hosted().items())
         page = hosted[start : start + limit]
         answer = {"models": [{"modelName": n, "modelUrl": e.model.settings.parameters.uri} for n, e in page]}
         if start + limit < len(hosted):
             answer["nextPageToken"] = str(start + limit)
-        await _json(send, 200, answer)
-
-
-async def _body(receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False) or message["type"] == "http.disconnect":
-            return b"".join(chunks)
-
-
-async def _json(send, status: int, payload: dict) -> None:
-    body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+        await respond_json(send, 200, answer)

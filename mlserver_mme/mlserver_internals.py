@@ -12,9 +12,9 @@ when they are not there.
 import sys
 
 import mlserver
-from starlette.middleware import Middleware
 from mlserver.cli import serve
 from mlserver.registry import MultiModelRegistry
+from starlette.middleware import Middleware
 
 SUPPORTED = "1.7."
 

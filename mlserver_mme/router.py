@@ -14,7 +14,6 @@ main process (``parallel_workers: 0`` in that file).
 """
 
 import hmac
-import json
 import logging
 import uuid
 from typing import Optional
@@ -26,6 +25,7 @@ from mlserver.codecs import NumpyRequestCodec
 from mlserver.errors import MLServerError
 
 from . import mlserver_internals
+from .asgi import header, read_body, respond, respond_json
 from .config import MMESettings, sigv4_keys
 from .errors import BadPayload, BrokenModel, InvalidRequest, InvalidTarget, MMEError, RequestTooLarge, Unauthorized
 from .hosting import HostingRoutes
@@ -84,7 +84,7 @@ class SageMakerRoutes:
                 return await self.invoke(scope, receive, send)
             if path == "/ping" and method in ("GET", "HEAD"):
                 # Healthy while the server runs, loads in progress included.
-                return await _respond(send, 200, b"", [])
+                return await respond(send, 200, b"", [])
             if self.admin_token is not None and path.startswith(MANAGEMENT_PATHS) and not self._is_admin(scope):
                 return await error_response(
                     send, Unauthorized("This route needs the server's admin bearer token."), str(uuid.uuid4())
@@ -104,7 +104,7 @@ class SageMakerRoutes:
             if sum(len(name) + len(value) for name, value in scope["headers"]) > self.settings.max_header_bytes:
                 raise RequestTooLarge(f"The request headers are larger than {self.settings.max_header_bytes} bytes.")
             headers = dict(scope["headers"])
-            body = await _read_body(receive, headers, self.settings.max_payload_bytes)
+            body = await read_body(receive, headers, self.settings.max_payload_bytes)
             if self.verifier is not None and hosted_model is None:
                 # Before anything else: nothing is fetched or loaded for an unsigned request.
                 # (SageMaker's own calls of the hosting contract are not signed.)
@@ -115,29 +115,30 @@ class SageMakerRoutes:
                     {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]},
                     body,
                 )
-            custom_attributes = _header(headers, b"x-amzn-sagemaker-custom-attributes")
+            custom_attributes = header(headers, b"x-amzn-sagemaker-custom-attributes")
             if custom_attributes is not None and len(custom_attributes) > MAX_CUSTOM_ATTRIBUTES:
                 raise InvalidRequest(
                     f"X-Amzn-SageMaker-Custom-Attributes is longer than {MAX_CUSTOM_ATTRIBUTES} characters."
                 )
-            target = _header(headers, b"x-amzn-sagemaker-target-model")
-            if hosted_model is not None:
-                # SageMaker forwards the caller's TargetModel header; the model is named by the path.
-                response_kind = negotiate(_header(headers, b"accept"))
-                features = decode(body, _header(headers, b"content-type"))
-                return await self._answer(send, self.lifecycle.acquire_hosted(hosted_model), features, response_kind, request_id)
-            if target is None:
-                raise InvalidTarget(
-                    "The endpoint is a multi-model endpoint and the request is missing a target model header "
-                    "(X-Amzn-SageMaker-Target-Model)."
-                )
-            try:
-                validate_target(target)
-            except InvalidTargetModel as error:
-                raise InvalidTarget(f"Invalid target model '{target[:100]}': {error}.") from None
-            response_kind = negotiate(_header(headers, b"accept"))
-            features = decode(body, _header(headers, b"content-type"))
-            await self._answer(send, await self.lifecycle.acquire(target), features, response_kind, request_id)
+            if hosted_model is None:
+                target = header(headers, b"x-amzn-sagemaker-target-model")
+                if target is None:
+                    raise InvalidTarget(
+                        "The endpoint is a multi-model endpoint and the request is missing a target model header "
+                        "(X-Amzn-SageMaker-Target-Model)."
+                    )
+                try:
+                    validate_target(target)
+                except InvalidTargetModel as error:
+                    raise InvalidTarget(f"Invalid target model '{target[:100]}': {error}.") from None
+            response_kind = negotiate(header(headers, b"accept"))
+            features = decode(body, header(headers, b"content-type"))
+            if hosted_model is None:
+                entry = await self.lifecycle.acquire(target)
+            else:
+                # The hosting contract names the model in the path (SageMaker forwards TargetModel as is).
+                entry = self.lifecycle.acquire_hosted(hosted_model)
+            await self._answer(send, entry, features, response_kind, request_id)
         except MMEError as error:
             await error_response(send, error, request_id)
         except Exception:
@@ -150,7 +151,7 @@ class SageMakerRoutes:
         finally:
             self.lifecycle.release(entry)
         content, content_type = encode(predictions, response_kind)
-        await _respond(
+        await respond(
             send,
             200,
             content,
@@ -160,42 +161,6 @@ class SageMakerRoutes:
                 (b"x-amzn-requestid", request_id.encode()),
             ],
         )
-
-
-def _header(headers: dict, name: bytes) -> Optional[str]:
-    value = headers.get(name)
-    return value.decode("latin-1") if value is not None else None
-
-
-async def _read_body(receive, headers: dict, limit: int) -> bytes:
-    """The request body, refused as soon as it is known to exceed ``limit`` (never read past it)."""
-    too_large = RequestTooLarge(f"The request body is larger than the limit of {limit} bytes.")
-    declared = headers.get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BadPayload("the client closed the connection before sending the whole body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _respond(send, status: int, body: bytes, headers: list) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-length", str(len(body)).encode()), *headers],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _predict(model: MLModel, features: Features) -> np.ndarray:
@@ -237,13 +202,9 @@ async def error_response(send, error: MMEError, request_id: str) -> None:
             "OriginalMessage": error.message,
             "LogStreamArn": "",
         }
-    await _respond(
+    await respond_json(
         send,
         error.sagemaker_status,
-        json.dumps(body).encode(),
-        [
-            (b"content-type", b"application/json"),
-            (b"x-amzn-errortype", error.sagemaker_code.encode()),
-            (b"x-amzn-requestid", request_id.encode()),
-        ],
+        body,
+        [(b"x-amzn-errortype", error.sagemaker_code.encode()), (b"x-amzn-requestid", request_id.encode())],
     )
