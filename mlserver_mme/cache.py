@@ -88,7 +88,7 @@ class ArtifactCache:
         if flight is None:
             flight = asyncio.ensure_future(asyncio.to_thread(self._fetch_blocking, target, known))
             self._flights[target] = flight
-            flight.add_done_callback(lambda _: self._flights.pop(target, None))
+            flight.add_done_callback(lambda done: (self._flights.pop(target, None), observe(done)))
         # shield: a caller that gives up does not cancel the fetch for the others
         artifact = await asyncio.shield(flight)
         self._on_disk[artifact.target] = artifact
@@ -181,6 +181,12 @@ class ArtifactCache:
             return LocalArtifact(meta["target"], os.path.join(final, "content"), meta["etag"], meta["unpacked"])
         except (OSError, ValueError, KeyError):
             return None
+
+
+def observe(done: asyncio.Future) -> None:
+    """Mark a shared task's failure as seen: everyone waiting on it may have given up before it ended."""
+    if not done.cancelled():
+        done.exception()
 
 
 def _folder_bytes(folder: str) -> int:

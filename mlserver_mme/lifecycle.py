@@ -33,6 +33,7 @@ from typing import Dict, Optional, Tuple
 from mlserver import MLModel
 from mlserver.errors import ModelNotFound
 
+from .cache import observe
 from .config import MMESettings, preload_targets
 from .errors import AlreadyLoaded, BrokenModel, HostedModelNotFound, MMEError, ModelNotReady, ModelTooLarge
 from .memory import parse_size, process_tree_memory, release_free_memory, total_memory
@@ -121,7 +122,7 @@ class ModelLifecycle:
                 if adopted is not None:
                     return adopted, waited
                 pending = self._loads[name] = asyncio.ensure_future(self._load(target, name))
-                pending.add_done_callback(lambda _: self._loads.pop(name, None))
+                pending.add_done_callback(lambda done: (self._loads.pop(name, None), observe(done)))
             remaining = deadline - time.monotonic()
             waited = True
             try:
