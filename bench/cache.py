@@ -11,13 +11,12 @@
 """
 
 import argparse
-import collections
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import http_client, mme_server, percentile, s3_get_count, s3_with_models, timed_call
+from common import http_client, lru_hit_ratio, mme_server, percentile, s3_get_count, s3_with_models, timed_call
 
 
 def rss_bytes(pid: int) -> int:
@@ -117,20 +116,6 @@ def zipf_trace(n_models, n_requests, s=1.1, seed=7):
     rng = random.Random(seed)
     weights = [1 / (rank ** s) for rank in range(1, n_models + 1)]
     return rng.choices(range(n_models), weights=weights, k=n_requests)
-
-
-def lru_hit_ratio(trace, capacity):
-    cache = collections.OrderedDict()
-    hits = 0
-    for key in trace:
-        if key in cache:
-            hits += 1
-            cache.move_to_end(key)
-        else:
-            cache[key] = True
-            if len(cache) > capacity:
-                cache.popitem(last=False)
-    return hits / len(trace)
 
 
 def churn(server, n_models, n_requests):

@@ -3,6 +3,7 @@
 They reuse the test suite's helpers (``tests/s3server.py``, ``tests/mlserver_process.py``).
 """
 
+import collections
 import contextlib
 import os
 import sys
@@ -82,3 +83,17 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def lru_hit_ratio(trace, capacity):
+    """Hit ratio of an exact LRU cache of ``capacity`` entries over ``trace``."""
+    cache, hits = collections.OrderedDict(), 0
+    for key in trace:
+        if key in cache:
+            hits += 1
+            cache.move_to_end(key)
+        else:
+            cache[key] = True
+            if len(cache) > capacity:
+                cache.popitem(last=False)
+    return hits / len(trace)

@@ -36,7 +36,7 @@ import xgboost as xgb
 
 import loadgen
 import systems
-from common import BODY, MODEL, s3_with_models
+from common import BODY, MODEL, lru_hit_ratio, s3_with_models
 
 try:
     import uvloop
@@ -164,19 +164,6 @@ def zipf_sampler(n_models, s=1.1, seed=11):
     weights = [1 / (rank**s) for rank in range(1, n_models + 1)]
     cumulative = list(np.cumsum(weights))
     return lambda: rng.choices(range(n_models), cum_weights=cumulative, k=1)[0]
-
-
-def lru_hit_ratio(trace, capacity):
-    cache, hits = collections.OrderedDict(), 0
-    for key in trace:
-        if key in cache:
-            hits += 1
-            cache.move_to_end(key)
-        else:
-            cache[key] = True
-            if len(cache) > capacity:
-                cache.popitem(last=False)
-    return hits / len(trace)
 
 
 def churn_ours(system, n_models, slots, args):
