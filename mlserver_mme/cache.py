@@ -57,6 +57,7 @@ class ArtifactCache:
         os.makedirs(self.partial_dir, exist_ok=True)
         # target -> artifact on disk, least recently used first
         self._on_disk: "collections.OrderedDict[str, LocalArtifact]" = collections.OrderedDict()
+        self._bytes_on_disk = 0  # sum of _on_disk's unpacked_bytes, kept as entries come and go
         self._verified: set = set()  # ETag checked against the store by this process
         self._flights: Dict[str, asyncio.Future] = {}
 
@@ -70,13 +71,26 @@ class ArtifactCache:
             if artifact is not None:
                 found.append((os.path.getmtime(os.path.join(self.models_dir, key, "meta.json")), artifact))
         for _, artifact in sorted(found, key=lambda pair: pair[0]):
-            self._on_disk[artifact.target] = artifact
-        metrics().disk_bytes.set(self.disk_bytes())
+            self._index(artifact)
         if found:
             logger.info("event=cache-index artifacts=%d bytes=%d", len(found), self.disk_bytes())
 
     def disk_bytes(self) -> int:
-        return sum(artifact.unpacked_bytes for artifact in self._on_disk.values())
+        return self._bytes_on_disk
+
+    def _index(self, artifact: LocalArtifact) -> None:
+        """Record ``artifact`` as the most recently used one on disk."""
+        self._unindex(artifact.target)
+        self._on_disk[artifact.target] = artifact
+        self._bytes_on_disk += artifact.unpacked_bytes
+        metrics().disk_bytes.set(self._bytes_on_disk)
+
+    def _unindex(self, target: str) -> Optional[LocalArtifact]:
+        artifact = self._on_disk.pop(target, None)
+        if artifact is not None:
+            self._bytes_on_disk -= artifact.unpacked_bytes
+            metrics().disk_bytes.set(self._bytes_on_disk)
+        return artifact
 
     async def fetch(self, target: str, revalidate: bool = False) -> LocalArtifact:
         """The unpacked artifact of ``target``; with ``revalidate``, its ETag is checked again first."""
@@ -91,10 +105,8 @@ class ArtifactCache:
             flight.add_done_callback(lambda done: (self._flights.pop(target, None), observe(done)))
         # shield: a caller that gives up does not cancel the fetch for the others
         artifact = await asyncio.shield(flight)
-        self._on_disk[artifact.target] = artifact
-        self._on_disk.move_to_end(target)
+        self._index(artifact)
         self._verified.add(target)
-        metrics().disk_bytes.set(self.disk_bytes())
         return artifact
 
     async def evict_to_budget(self, in_use: Callable[[str], bool]) -> None:
@@ -106,12 +118,11 @@ class ArtifactCache:
             if victim is None:
                 logger.warning("event=disk-over-budget bytes=%d limit=%d (all in use)", self.disk_bytes(), self.disk_limit)
                 return
-            artifact = self._on_disk.pop(victim)
+            artifact = self._unindex(victim)
             self._verified.discard(victim)
             await asyncio.to_thread(self._delete, os.path.dirname(artifact.folder))
             metrics().evictions.labels(reason="disk").inc()
             logger.info("event=evict reason=disk model=%s bytes=%d", victim, artifact.unpacked_bytes)
-        metrics().disk_bytes.set(self.disk_bytes())
 
     def _key(self, target: str) -> str:
         return hashlib.sha256(f"{self.prefix}\0{target}".encode()).hexdigest()[:32]
