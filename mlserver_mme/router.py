@@ -14,6 +14,7 @@ main process (``parallel_workers: 0`` in that file).
 """
 
 import hmac
+import json
 import logging
 import uuid
 from typing import Optional
@@ -30,7 +31,7 @@ from .config import MMESettings, sigv4_keys
 from .errors import BadPayload, BrokenModel, InvalidRequest, InvalidTarget, MMEError, RequestTooLarge, Unauthorized
 from .hosting import HostingRoutes
 from .lifecycle import ModelLifecycle
-from .naming import InvalidTargetModel, validate_target
+from .naming import InvalidTargetModel, target_of, validate_target
 from .payloads import Features, decode, encode, negotiate
 from .repository import serving_repository
 from .runtimes.xgboost import XGBoostModel
@@ -91,7 +92,38 @@ class SageMakerRoutes:
                 )
             if self.hosting is not None and await self.hosting(scope, receive, send):
                 return
+            if path == "/v2/repository/index" and method == "POST":
+                return await self._index_with_targets(scope, receive, send)
         await self.app(scope, receive, send)
+
+    async def _index_with_targets(self, scope, receive, send) -> None:
+        """MLServer's repository index, each model named by a target path also given that path.
+
+        MLServer's index items have no field for it; ``target_model`` is added (V2 clients ignore
+        fields they do not know).
+        """
+        # Ask for an uncompressed answer: MLServer's GZip middleware would otherwise compress it.
+        headers = [(name, value) for name, value in scope["headers"] if name != b"accept-encoding"]
+        parts = {"start": None, "body": []}
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                parts["start"] = message
+            else:
+                parts["body"].append(message.get("body", b""))
+
+        await self.app({**scope, "headers": headers}, receive, capture)
+        body, start = b"".join(parts["body"]), parts["start"]
+        if start["status"] == 200:
+            items = json.loads(body)
+            for item in items:
+                try:
+                    item["target_model"] = target_of(item["name"])
+                except InvalidTargetModel:
+                    pass  # the router, or a model not from the prefix
+            body = json.dumps(items).encode()
+        kept = [(name, value) for name, value in start.get("headers", []) if name != b"content-length"]
+        await respond(send, start["status"], body, kept)
 
     def _is_admin(self, scope) -> bool:
         presented = dict(scope["headers"]).get(b"authorization", b"")

@@ -30,6 +30,15 @@ def test_index_lists_every_artifact_by_v2_name(server, artifacts):
     assert "sagemaker~router" in listed
     assert {"Houston_TX", "northeast~2FBoston_MA", "formats~2Flegacy.tgz~", "formats~2Fxgboost-model~"} <= set(listed)
     assert len(listed) == len(artifacts) + 1
+    assert listed["northeast~2FBoston_MA"]["target_model"] == "northeast/Boston_MA.tar.gz"
+    assert listed["formats~2Flegacy.tgz~"]["target_model"] == "formats/legacy.tgz"
+    assert "target_model" not in listed["sagemaker~router"]
+
+
+def test_index_with_gzip_accepted_still_gives_target_paths(server):
+    reply = httpx.post(server.url + "/v2/repository/index", json={}, headers={"Accept-Encoding": "gzip"})
+    assert reply.status_code == 200
+    assert {item["name"]: item.get("target_model") for item in reply.json()}["Houston_TX"] == "Houston_TX.tar.gz"
 
 
 def test_v2_load_infer_unload(server):
