@@ -13,6 +13,8 @@ from typing import Optional
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .sigv4 import parse_keys
+
 ENV_PREFIX = "MLSERVER_MME_"
 
 
@@ -106,14 +108,17 @@ def _is_relative_path(prefix: str) -> bool:
     return "://" not in prefix and not os.path.isabs(prefix)
 
 
+def comma_list(text: str) -> list:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: how list settings are written."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def preload_targets(settings: MMESettings) -> list:
-    return [target.strip() for target in settings.preload.split(",") if target.strip()]
+    return comma_list(settings.preload)
 
 
 def sigv4_keys(settings: MMESettings) -> dict:
     """The configured SigV4 keys, from the setting and the file (empty: no verification)."""
-    from .sigv4 import parse_keys
-
     keys = parse_keys(settings.sigv4_keys)
     if settings.sigv4_keys_file:
         with open(settings.sigv4_keys_file) as file:

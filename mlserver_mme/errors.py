@@ -9,6 +9,12 @@ when the caller's payload is at fault, 5xx when the model is.
 from mlserver.errors import MLServerError
 
 
+def describe(error: BaseException) -> str:
+    """``Type: last line of the message``: enough to say what failed, never a stack trace."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
+
+
 class MMEError(MLServerError):
     sagemaker_code = "InternalFailure"
     sagemaker_status = 500

@@ -35,7 +35,7 @@ from mlserver.errors import ModelNotFound
 
 from .cache import observe
 from .config import MMESettings, preload_targets
-from .errors import AlreadyLoaded, BrokenModel, HostedModelNotFound, MMEError, ModelNotReady, ModelTooLarge
+from .errors import AlreadyLoaded, BrokenModel, HostedModelNotFound, MMEError, ModelNotReady, ModelTooLarge, describe
 from .memory import parse_size, process_tree_memory, release_free_memory, total_memory
 from .metrics import metrics
 from .naming import hosted_name, is_hosted_name, v2_name
@@ -164,7 +164,7 @@ class ModelLifecycle:
         except MMEError:
             raise
         except Exception as error:
-            raise BrokenModel(f"The model '{target}' failed to load: {_describe(error)}") from None
+            raise BrokenModel(f"The model '{target}' failed to load: {describe(error)}") from None
         elapsed = time.perf_counter() - started
         entry = self._add(target, name, model, settings.parameters.extra.get("etag", ""))
         entry.memory_bytes = max(0, process_tree_memory() - before)
@@ -335,7 +335,7 @@ class ModelLifecycle:
             logger.info("event=update model=%s old_etag=%s new_etag=%s", entry.target, entry.etag, artifact.etag)
             entry.etag = artifact.etag
         except Exception as error:  # keep serving the version we have
-            logger.warning("event=update-failed model=%s error=%s", entry.target, _describe(error))
+            logger.warning("event=update-failed model=%s error=%s", entry.target, describe(error))
         finally:
             entry.checked_at = time.monotonic()
             entry.swapping = False
@@ -344,8 +344,3 @@ class ModelLifecycle:
 def _extra(model: MLModel) -> dict:
     parameters = model.settings.parameters
     return (parameters.extra or {}) if parameters is not None else {}
-
-
-def _describe(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[-1]}" if text else type(error).__name__

@@ -27,7 +27,7 @@ from mlserver.errors import MLServerError
 
 from . import mlserver_internals
 from .asgi import header, read_body, respond, respond_json
-from .config import MMESettings, sigv4_keys
+from .config import MMESettings, comma_list, sigv4_keys
 from .errors import BadPayload, BrokenModel, InvalidRequest, InvalidTarget, MMEError, RequestTooLarge, Unauthorized
 from .hosting import HostingRoutes
 from .lifecycle import ModelLifecycle
@@ -73,8 +73,7 @@ class SageMakerRoutes:
         self.admin_token = settings.admin_token.encode() if settings.admin_token else None
         self.hosting = None
         if settings.sagemaker_multi_model:
-            roots = [root.strip() for root in settings.hosting_roots.split(",") if root.strip()]
-            self.hosting = HostingRoutes(lifecycle, roots, self.invoke)
+            self.hosting = HostingRoutes(lifecycle, comma_list(settings.hosting_roots), self.invoke)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":

@@ -17,7 +17,7 @@ from mlserver import MLModel
 from mlserver.codecs import NumpyRequestCodec
 from mlserver.types import InferenceRequest, InferenceResponse
 
-from ..errors import BadPayload, BrokenModel
+from ..errors import BadPayload, BrokenModel, describe
 from ..payloads import Features
 
 PREFERRED_FILES = ("xgboost-model", "model.json", "model.ubj", "model.bst")
@@ -72,16 +72,11 @@ def load_booster(path: str, allow_pickle: bool, nthread: int) -> xgb.Booster:
     except BrokenModel:
         raise
     except Exception as error:  # xgboost raises XGBoostError, pickle many kinds
-        raise BrokenModel(f"XGBoost could not load the {kind} model file: {_first_line(error)}") from None
+        raise BrokenModel(f"XGBoost could not load the {kind} model file: {describe(error)}") from None
     booster.set_param({"nthread": nthread})
     # xgboost sets up its predictor on the first prediction: do it here, off the event loop.
     booster.inplace_predict(np.zeros((1, booster.num_features()), dtype=np.float32))
     return booster
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[-1] if text else type(error).__name__
 
 
 class XGBoostModel(MLModel):
@@ -117,7 +112,7 @@ class XGBoostModel(MLModel):
         try:
             return self._booster.inplace_predict(features, validate_features=False)
         except xgb.core.XGBoostError as error:
-            raise BadPayload(f"XGBoost rejected the input: {_first_line(error)}") from None
+            raise BadPayload(f"XGBoost rejected the input: {describe(error)}") from None
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         features = self.decode_request(payload, default_codec=NumpyRequestCodec)
