@@ -1,6 +1,7 @@
 """SigV4 verification, the admin token and request limits, with a real server."""
 
 import datetime
+import hashlib
 import os
 import subprocess
 import sys
@@ -67,15 +68,40 @@ def rejected(client, code, **kwargs):
     return caught.value.response["Error"]["Message"]
 
 
-def signed_request(server, body=CSV, target="Chicago_IL.tar.gz", key=KEY, secret=SECRET) -> AWSRequest:
-    request = AWSRequest(
-        method="POST",
-        url=server.url + "/endpoints/any/invocations",
-        data=body,
-        headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": target},
-    )
-    SigV4Auth(Credentials(key, secret), "sagemaker", "us-east-1").add_auth(request)
+class SignerLeavingOut(SigV4Auth):
+    """botocore's signer, leaving some headers out of SignedHeaders (they are still sent)."""
+
+    def __init__(self, credentials, leave_out=()):
+        super().__init__(credentials, "sagemaker", "us-east-1")
+        self.leave_out = leave_out
+
+    def headers_to_sign(self, request):
+        headers = super().headers_to_sign(request)
+        for name in self.leave_out:
+            del headers[name]
+        return headers
+
+
+def signed_request(
+    server, body=CSV, target="Chicago_IL.tar.gz", key=KEY, secret=SECRET, extra_headers=(), leave_out=()
+) -> AWSRequest:
+    """A request signed with botocore; ``target=None`` signs none, ``leave_out`` keeps headers out of the signature."""
+    headers = {"Content-Type": "text/csv", **dict(extra_headers)}
+    if target is not None:
+        headers["X-Amzn-SageMaker-Target-Model"] = target
+    request = AWSRequest(method="POST", url=server.url + "/endpoints/any/invocations", data=body, headers=headers)
+    SignerLeavingOut(Credentials(key, secret), leave_out).add_auth(request)
     return request
+
+
+def refused_before_s3(server, s3, request: AWSRequest, body=None, **header_changes) -> str:
+    """Send ``request`` (changed); it must get 403 InvalidSignatureException and reach no storage."""
+    before = s3.total()
+    reply = send(server, request, body, **header_changes)
+    assert reply.status_code == 403, reply.text
+    assert reply.headers["x-amzn-errortype"] == "InvalidSignatureException"
+    assert s3.total() == before
+    return reply.json()["Message"]
 
 
 def send(server, request: AWSRequest, body=None, **header_changes):
@@ -148,6 +174,42 @@ def test_signed_header_altered_after_signing(secured, s3):
     assert reply.status_code == 403
     assert reply.headers["x-amzn-errortype"] == "InvalidSignatureException"
     assert s3.total() == before
+
+
+def test_signed_content_sha256_of_the_body_gets_in(secured):
+    request = signed_request(secured, target="Houston_TX.tar.gz",
+                             extra_headers={"X-Amz-Content-SHA256": hashlib.sha256(CSV).hexdigest()})
+    reply = send(secured, request)
+    assert reply.status_code == 200, reply.text
+
+
+def test_body_swapped_under_a_signed_content_sha256(secured, s3):
+    # A replay within the 15 minutes: same signature and X-Amz-Content-SHA256, another body.
+    request = signed_request(secured, target="NewYork_NY.tar.gz",
+                             extra_headers={"X-Amz-Content-SHA256": hashlib.sha256(CSV).hexdigest()})
+    assert "x-amz-content-sha256" in request.headers["Authorization"]
+    message = refused_before_s3(secured, s3, request, body=b"2000,3000,3,2,1.0,2\n")
+    assert "X-Amz-Content-SHA256" in message
+
+
+def test_signed_unsigned_payload(secured, s3):
+    request = signed_request(secured, target="LosAngeles_CA.tar.gz",
+                             extra_headers={"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    assert "UNSIGNED-PAYLOAD" in refused_before_s3(secured, s3, request)
+
+
+def test_target_model_added_after_signing(secured, s3):
+    request = signed_request(secured, target=None)
+    message = refused_before_s3(
+        secured, s3, request, **{"X-Amzn-SageMaker-Target-Model": "northeast/Boston_MA.tar.gz"}
+    )
+    assert message == "The header 'x-amzn-sagemaker-target-model' must be signed."
+
+
+def test_x_amz_date_left_out_of_signed_headers(secured, s3):
+    request = signed_request(secured, target="LosAngeles_CA.tar.gz", leave_out=["x-amz-date"])
+    assert "SignedHeaders=content-type;host;x-amzn-sagemaker-target-model," in request.headers["Authorization"]
+    assert refused_before_s3(secured, s3, request) == "The header 'x-amz-date' must be signed."
 
 
 def test_ping_needs_no_signature(secured):
