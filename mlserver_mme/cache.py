@@ -3,7 +3,7 @@
 Layout under ``cache_dir``::
 
     models/<key>/content/...   an unpacked artifact, ready to load
-    models/<key>/meta.json     its target path, prefix, ETag and sizes
+    models/<key>/meta.json     its target path, prefix, ETag, and each file's size and sha256
     partial/<random>/          work in progress; removed at start-up
 
 ``<key>`` is a hash of the model prefix and the target path. A model is built
@@ -12,9 +12,12 @@ half-unpacked model under ``models/``; deletion renames it back into
 ``partial/`` first for the same reason. One fetch runs per model at a time, in
 a thread (single flight): concurrent callers wait for the same result.
 
+Before an artifact is published, ``check`` (the repository's) may refuse it: a
+refused artifact never reaches ``models/``, so whatever is there was checked.
 Artifacts found on disk at start-up are reused once their ETag matches the
-store's. Past ``disk_limit`` bytes, the least recently used artifacts that are
-not loaded are deleted.
+store's and their files still have the recorded sizes and digests; a damaged
+copy is fetched again. Past ``disk_limit`` bytes, the least recently used
+artifacts that are not loaded are deleted.
 """
 
 import asyncio
@@ -27,7 +30,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from .archive import UnsafeArchive, unpack
 from .errors import ArtifactNotFound, BrokenModel, StorageUnavailable
@@ -46,8 +49,17 @@ class LocalArtifact:
 
 
 class ArtifactCache:
-    def __init__(self, store: Store, prefix: str, cache_dir: str, max_unpacked_bytes: int, disk_limit: Optional[int]):
+    def __init__(
+        self,
+        store: Store,
+        prefix: str,
+        cache_dir: str,
+        max_unpacked_bytes: int,
+        disk_limit: Optional[int],
+        check: Callable[[str, str], None] = lambda target, folder: None,
+    ):
         self.store = store
+        self.check = check  # (target, unpacked folder): raises BrokenModel to refuse the artifact
         self.prefix = prefix
         self.max_unpacked_bytes = max_unpacked_bytes
         self.disk_limit = disk_limit
@@ -131,7 +143,9 @@ class ArtifactCache:
         final = os.path.join(self.models_dir, self._key(target))
         try:
             if known is not None and self.store.head(target).etag == known.etag:
-                return known
+                if _intact(final):
+                    return known
+                logger.warning("event=cache-damaged model=%s (fetched again)", target)
             return self._download_and_publish(target, final)
         except ObjectMissing as missing:
             raise ArtifactNotFound(
@@ -155,10 +169,12 @@ class ArtifactCache:
             except UnsafeArchive as error:
                 raise BrokenModel(f"The artifact of '{target}' cannot be unpacked: {error}") from None
             os.remove(download)
-            unpacked = _folder_bytes(content)
+            self.check(target, content)
+            files = _file_digests(content)
+            unpacked = sum(size for size, _ in files.values())
             with open(os.path.join(work, "meta.json"), "w") as meta:
                 json.dump({"target": target, "prefix": self.prefix, "etag": info.etag, "size": info.size,
-                           "unpacked": unpacked}, meta)
+                           "unpacked": unpacked, "files": files}, meta)
             self._publish(work, final)
             unpacked_at = time.perf_counter()
             metrics().downloading.observe(downloaded - started)
@@ -200,7 +216,26 @@ def observe(done: asyncio.Future) -> None:
         done.exception()
 
 
-def _folder_bytes(folder: str) -> int:
-    return sum(
-        os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names
-    )
+def _file_digests(folder: str) -> Dict[str, Tuple[int, str]]:
+    """Relative path -> (size, sha256) of every file under ``folder``."""
+    digests = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            digest = hashlib.sha256()
+            with open(path, "rb") as file:
+                for block in iter(lambda: file.read(1024 * 1024), b""):
+                    digest.update(block)
+            digests[os.path.relpath(path, folder)] = (os.path.getsize(path), digest.hexdigest())
+    return digests
+
+
+def _intact(final: str) -> bool:
+    """The published artifact in ``final`` still holds exactly the files its meta.json recorded."""
+    try:
+        with open(os.path.join(final, "meta.json")) as file:
+            recorded = json.load(file).get("files")
+        found = _file_digests(os.path.join(final, "content"))
+    except (OSError, ValueError):
+        return False
+    return recorded is not None and {path: list(entry) for path, entry in found.items()} == recorded

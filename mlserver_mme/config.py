@@ -30,6 +30,17 @@ class MMESettings(BaseSettings):
     allow_pickle: bool = False
     """Load pickled boosters (pickle runs code on load: only for trusted artifacts)."""
 
+    allowed_runtimes: Optional[str] = None
+    """Comma-separated MLServer runtime classes an artifact's own ``model-settings.json`` may name. Default:
+    this package's XGBoost runtime and whichever of MLServer's XGBoost and LightGBM runtimes are installed
+    (its scikit-learn runtime too when ``allow_pickle`` is on: it unpickles)."""
+
+    validation_memory: str = "2GiB"
+    """Memory a new artifact's check (load and first predictions, in a child process) may use."""
+
+    validation_seconds: int = 30
+    """CPU seconds a new artifact's check may use (it is stopped after twice that in wall time)."""
+
     max_unpacked_bytes: int = 4 * 1024**3
     """Refuse an archive whose unpacked content is larger than this."""
 

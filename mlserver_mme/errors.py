@@ -6,13 +6,27 @@ MLServer's own handler) and carries the SageMaker error code, status and, for
 when the caller's payload is at fault, 5xx when the model is.
 """
 
+import re
+
 from mlserver.errors import MLServerError
+
+MAX_DESCRIPTION = 500
+_NATIVE_SOURCE = re.compile(r"^\[[\d:]+\]\s+\S+:\d+:\s*")  # XGBoost's "[12:00:00] src/learner.cc:1001: "
+_FOLDERS = re.compile(r"(?<![\w.:/])(?:/[\w.+-]+)+/")  # the folders of an absolute path
 
 
 def describe(error: BaseException) -> str:
-    """``Type: last line of the message``: enough to say what failed, never a stack trace."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
+    """``Type: last line of the message``: enough to say what failed.
+
+    Never a stack trace (XGBoost appends one to its messages) nor a server path:
+    absolute paths keep their file name only.
+    """
+    text = str(error).split("Stack trace:", 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    line = _FOLDERS.sub("", _NATIVE_SOURCE.sub("", lines[-1]))
+    return f"{type(error).__name__}: {line[:MAX_DESCRIPTION]}"
 
 
 class MMEError(MLServerError):

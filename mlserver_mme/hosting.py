@@ -9,11 +9,15 @@ it downloads and unpacks artifacts itself and drives the container with:
 | ``GET /models?limit=&next_page_token=`` | ``{"models": [{"modelName", "modelUrl"}], "nextPageToken"}`` |
 | ``GET /models/{name}`` | ``{"modelName", "modelUrl"}``; 404 if not loaded |
 | ``DELETE /models/{name}`` | 200; 404 if not loaded |
-| ``POST /models/{name}/invoke`` | the prediction, as ``/invocations`` answers it |
+| ``POST /models/{name}/invoke`` | the prediction, as ``/invocations`` answers it; 400 bad payload; 406 Accept or 415 Content-Type not supported; 413 too large; 404 not loaded; 500 model or internal error |
 
 ``url`` must be a folder under one of ``MLSERVER_MME_HOSTING_ROOTS`` (SageMaker's
 ``/opt/ml/models`` by default), so ``/proc``, ``/sys`` or ``/dev`` are refused.
 Hosted models are never unloaded by the server's own budgets: SageMaker decides.
+
+Every error is answered ``{"message": ...}`` with the model's own status, never in
+the runtime's error shape (``/invocations``): SageMaker's front end wraps a
+container's error in its own ModelError, ``OriginalStatusCode`` the container's status.
 """
 
 import json
@@ -27,6 +31,18 @@ from .lifecycle import ModelLifecycle
 
 PAGE_SIZE = 100
 MAX_LOAD_REQUEST_BYTES = 64 * 1024
+
+
+def hosting_status(error: MMEError) -> int:
+    """The model's own HTTP status for ``error``: what the model answered, else the error's own status."""
+    return error.v2_status if error.original_status is None else error.original_status
+
+
+async def hosting_error(send, error: MMEError, request_id: str) -> None:
+    """An error as the hosting contract answers it: the model's own status and a plain message."""
+    await respond_json(
+        send, hosting_status(error), {"message": error.message}, [(b"x-amzn-requestid", request_id.encode())]
+    )
 
 
 class HostingRoutes:

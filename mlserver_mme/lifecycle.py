@@ -43,6 +43,7 @@ from .naming import hosted_name, is_hosted_name, v2_name
 logger = logging.getLogger("mlserver.mme")
 
 MAX_REMEMBERED_FAILURES = 10_000
+MAX_REMEMBERED_FAILURE_BYTES = 8 * 1024 * 1024  # names and messages of remembered failures
 
 
 @dataclass(eq=False)
@@ -71,7 +72,8 @@ class ModelLifecycle:
         self._entries: "collections.OrderedDict[str, Entry]" = collections.OrderedDict()  # least recent first
         self._loads: Dict[str, asyncio.Future] = {}
         self._unloads: Dict[str, asyncio.Future] = {}
-        self._failures: Dict[str, Tuple[float, MMEError]] = {}
+        self._failures: Dict[str, Tuple[float, MMEError]] = {}  # oldest first
+        self._failure_bytes = 0
         self._budget = asyncio.Lock()  # one eviction pass at a time; loads do not wait on it
         self._metrics = metrics()
 
@@ -139,7 +141,7 @@ class ModelLifecycle:
             await self._enforce_budgets(reserve=1)
             entry = await self._load_into_registry(target, name, await self.repository.settings_for(target))
             await self._enforce_budgets(protect=entry)
-            self._failures.pop(name, None)
+            self._forget_failure(name)
         except MMEError as error:
             if self.settings.failure_ttl > 0:
                 self._remember_failure(name, error)
@@ -147,12 +149,24 @@ class ModelLifecycle:
             raise
 
     def _remember_failure(self, name: str, error: MMEError) -> None:
+        """Remember ``error`` for ``name``; many distinct bad names cost a bounded number of bytes."""
         now = time.monotonic()
-        if len(self._failures) >= MAX_REMEMBERED_FAILURES:  # many distinct bad names: keep the live ones
-            self._failures = {n: f for n, f in self._failures.items() if f[0] > now}
-            while len(self._failures) >= MAX_REMEMBERED_FAILURES:
-                self._failures.pop(next(iter(self._failures)))
-        self._failures[name] = (now + self.settings.failure_ttl, error)
+        self._forget_failure(name)
+        if len(self._failures) >= MAX_REMEMBERED_FAILURES or self._failure_bytes > MAX_REMEMBERED_FAILURE_BYTES:
+            for expired in [n for n, (until, _) in self._failures.items() if until <= now]:
+                self._forget_failure(expired)
+            while self._failures and (
+                len(self._failures) >= MAX_REMEMBERED_FAILURES or self._failure_bytes > MAX_REMEMBERED_FAILURE_BYTES
+            ):
+                self._forget_failure(next(iter(self._failures)))  # the oldest
+        # a copy holds no traceback, so no frames are kept alive with it
+        self._failures[name] = (now + self.settings.failure_ttl, copy.copy(error))
+        self._failure_bytes += _failure_size(name, error)
+
+    def _forget_failure(self, name: str) -> None:
+        failure = self._failures.pop(name, None)
+        if failure is not None:
+            self._failure_bytes -= _failure_size(name, failure[1])
 
     async def _load_into_registry(self, target: str, name: str, settings) -> Entry:
         before = process_tree_memory()
@@ -187,7 +201,7 @@ class ModelLifecycle:
         if limit is not None and len(self._entries) >= limit:
             raise ModelTooLarge(f"No room for model '{model_name}': {limit} models are loaded.")
         settings = self.repository.settings_for_folder(model_name, folder, name)
-        flight = self._loads[name] = asyncio.ensure_future(self._load_into_registry(model_name, name, settings))
+        flight = self._loads[name] = asyncio.ensure_future(self._check_and_load(model_name, name, settings))
         try:
             entry = await flight
         finally:
@@ -197,6 +211,11 @@ class ModelLifecycle:
             await self._unload(entry, "memory")
             raise ModelTooLarge(f"Model '{model_name}' does not fit in the memory limit of {self.memory_limit} bytes.")
         return entry
+
+    async def _check_and_load(self, model_name: str, name: str, settings) -> Entry:
+        """A hosted folder was unpacked by SageMaker, not by our cache: check it before loading it."""
+        await asyncio.to_thread(self.repository.check_folder, model_name, settings.parameters.uri)
+        return await self._load_into_registry(model_name, name, settings)
 
     def hosted(self) -> Dict[str, Entry]:
         """Hosted models by SageMaker's model name."""
@@ -339,6 +358,10 @@ class ModelLifecycle:
         finally:
             entry.checked_at = time.monotonic()
             entry.swapping = False
+
+
+def _failure_size(name: str, error: MMEError) -> int:
+    return len(name) + len(error.message) + 512  # the entry's objects, roughly
 
 
 def _extra(model: MLModel) -> dict:

@@ -10,6 +10,7 @@ and metrics made before that would not be exported.
 | ``mme_model_loading_wait_seconds`` | ModelLoadingWaitTime | time a request waited for its model to be loaded |
 | ``mme_model_downloading_seconds`` | ModelDownloadingTime | time to download an artifact |
 | ``mme_model_unpacking_seconds`` | | time to unpack it |
+| ``mme_model_checking_seconds`` | | time to check a new artifact in an isolated child |
 | ``mme_model_loading_seconds`` | ModelLoadingTime | time for the runtime to load it |
 | ``mme_model_unloading_seconds`` | ModelUnloadingTime | time to unload a model |
 | ``mme_model_cache_hits_total`` / ``_misses_total`` | ModelCacheHit | requests that found their model loaded, or not |
@@ -32,6 +33,7 @@ class Metrics:
         self.loading_wait = Histogram("mme_model_loading_wait_seconds", "Wait for a model load", buckets=_SECONDS)
         self.downloading = Histogram("mme_model_downloading_seconds", "Artifact download time", buckets=_SECONDS)
         self.unpacking = Histogram("mme_model_unpacking_seconds", "Artifact unpack time", buckets=_SECONDS)
+        self.checking = Histogram("mme_model_checking_seconds", "Isolated artifact check time", buckets=_SECONDS)
         self.loading = Histogram("mme_model_loading_seconds", "Runtime load time", buckets=_SECONDS)
         self.unloading = Histogram("mme_model_unloading_seconds", "Model unload time", buckets=_SECONDS)
         self.hits = Counter("mme_model_cache_hits", "Requests whose model was loaded")

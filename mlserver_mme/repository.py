@@ -14,25 +14,30 @@ artifact under the prefix, by V2 name.
 """
 
 import asyncio
-import json
+import logging
 import os
 import shutil
+import time
 from typing import List, Optional
+
+import pydantic
 
 from mlserver.errors import ModelNotFound
 from mlserver.repository import SchemalessModelRepository
 from mlserver.settings import ModelParameters, ModelSettings
 
-from . import mlserver_internals
+from . import isolation, mlserver_internals
 from .cache import ArtifactCache
-from .config import load_settings, preload_targets
+from .config import comma_list, load_settings, preload_targets
+from .declared_settings import OWN_SETTINGS, XGBOOST_RUNTIME, default_allowed_runtimes, read_declared
 from .errors import BrokenModel, StorageUnavailable
 from .memory import parse_size
+from .metrics import metrics
 from .naming import InvalidTargetModel, target_of, v2_name
+from .runtimes.xgboost import check_model_file, find_model_file
 from .store import StoreUnavailable, open_store
 
-XGBOOST_RUNTIME = "mlserver_mme.runtimes.xgboost.XGBoostModel"
-OWN_SETTINGS = "model-settings.json"
+logger = logging.getLogger("mlserver.mme")
 
 
 _serving: Optional["MMERepository"] = None
@@ -53,6 +58,16 @@ class MMERepository(SchemalessModelRepository):
         super().__init__(root)
         self.settings = load_settings(root, **settings_args)
         self.store = open_store(self.settings.model_prefix)
+        self.allowed_runtimes = (
+            comma_list(self.settings.allowed_runtimes)
+            if self.settings.allowed_runtimes is not None
+            else default_allowed_runtimes(self.settings.allow_pickle)
+        )
+        memory = parse_size(self.settings.validation_memory)
+        seconds = self.settings.validation_seconds
+        self.check_limits = isolation.Limits(memory_bytes=memory, cpu_seconds=seconds, wall_seconds=2.0 * seconds)
+        # The fork server imports the server's main module and the XGBoost check once (in the background).
+        isolation.start(["__main__", check_model_file.__module__])
         disk_limit = self.settings.disk_limit
         os.makedirs(self.settings.cache_dir, exist_ok=True)
         self.cache = ArtifactCache(
@@ -61,6 +76,7 @@ class MMERepository(SchemalessModelRepository):
             self.settings.cache_dir,
             self.settings.max_unpacked_bytes,
             parse_size(disk_limit, shutil.disk_usage(self.settings.cache_dir).total) if disk_limit else None,
+            check=self.check_folder,
         )
         self.lifecycle = None  # set by the router once it is loaded
         # Validating ModelSettings reads the whole environment (pydantic-settings): ~1.5 ms each.
@@ -101,14 +117,30 @@ class MMERepository(SchemalessModelRepository):
         artifact = await self.cache.fetch(target)
         return self.settings_for_folder(target, artifact.folder, v2_name(target), etag=artifact.etag)
 
+    def check_folder(self, target: str, folder: str) -> None:
+        """Refuse an unpacked artifact that may not or cannot be served (BrokenModel); blocks.
+
+        Runs before an artifact is published to the cache, and before a hosted model is loaded.
+        The declared runtime must be allowed; an XGBoost model must load and predict in an
+        isolated child (``isolation``), since a malformed file can crash the process parsing it.
+        """
+        declared = self._declared(target, folder)
+        if declared is not None and declared["implementation"] != XGBOOST_RUNTIME:
+            return  # an allowed runtime reads its own files
+        path = find_model_file(folder)
+        started = time.perf_counter()
+        try:
+            isolation.run(check_model_file, path, self.settings.allow_pickle, limits=self.check_limits)
+        except isolation.IsolatedFailure as failure:
+            raise BrokenModel(f"The model '{target}' failed its load check: {failure.message}") from None
+        elapsed = time.perf_counter() - started
+        metrics().checking.observe(elapsed)
+        logger.info("event=check model=%s check_ms=%.1f", target, elapsed * 1e3)
+
     def settings_for_folder(self, target: str, folder: str, name: str, etag: str = "") -> ModelSettings:
         """Describe the unpacked model in ``folder`` under the MLServer ``name``."""
-        own_settings = os.path.join(folder, OWN_SETTINGS)
-        if os.path.isfile(own_settings):
-            # Never import code from inside an artifact: the runtime must be installed.
-            template = _declared_settings(own_settings, target)
-        else:
-            template = self._xgboost_template
+        declared = self._declared(target, folder)
+        template = self._xgboost_template if declared is None else _validated(declared, target)
         return _described(
             template,
             target,
@@ -118,6 +150,13 @@ class MMERepository(SchemalessModelRepository):
             allow_pickle=self.settings.allow_pickle,
             nthread=self.settings.xgboost_nthread,
         )
+
+    def _declared(self, target: str, folder: str) -> Optional[dict]:
+        """What the artifact's own settings file may say, or None without one."""
+        own_settings = os.path.join(folder, OWN_SETTINGS)
+        if not os.path.isfile(own_settings):
+            return None
+        return read_declared(own_settings, target, self.allowed_runtimes)
 
     def _index_entry(self, target: str) -> ModelSettings:
         return _described(self._xgboost_template, target, v2_name(target))
@@ -136,10 +175,10 @@ def _described(template: ModelSettings, target: str, name: str, uri: Optional[st
     )
 
 
-def _declared_settings(path: str, target: str) -> ModelSettings:
+def _validated(declared: dict, target: str) -> ModelSettings:
     try:
-        with open(path) as file:
-            declared = json.load(file)
         return ModelSettings.model_validate(declared)
-    except (ValueError, TypeError) as error:  # bad JSON, or pydantic's ValidationError
-        raise BrokenModel(f"The {OWN_SETTINGS} of '{target}' is not valid: {error}") from None
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise BrokenModel(f"The {OWN_SETTINGS} of '{target}' is not valid: {where}: {first['msg']}") from None

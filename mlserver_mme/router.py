@@ -6,7 +6,8 @@ FastAPI's routing and MLServer's middlewares (which every other route still goes
 through). The ``X-Amzn-SageMaker-Target-Model`` header names the artifact under
 the model prefix; the lifecycle (``lifecycle.py``) hands back its loaded model,
 the same instance V2 uses. Every failure is answered in SageMaker's error shape
-(``x-amzn-ErrorType`` header, JSON body with ``Message``).
+(``x-amzn-ErrorType`` header, JSON body with ``Message``), except on the hosting
+contract's invoke route (``hosting.py``), which SageMaker's front end wraps itself.
 
 ``SageMakerRouter`` is the MLServer model, loaded at start-up from
 ``model-settings/model-settings.json``, that sets this up; it must run in the
@@ -28,8 +29,17 @@ from mlserver.errors import MLServerError
 from . import mlserver_internals
 from .asgi import header, read_body, respond, respond_json
 from .config import MMESettings, comma_list, sigv4_keys
-from .errors import BadPayload, BrokenModel, InvalidRequest, InvalidTarget, MMEError, RequestTooLarge, Unauthorized
-from .hosting import HostingRoutes
+from .errors import (
+    BadPayload,
+    BrokenModel,
+    InvalidRequest,
+    InvalidTarget,
+    MMEError,
+    RequestTooLarge,
+    Unauthorized,
+    describe,
+)
+from .hosting import HostingRoutes, hosting_error
 from .lifecycle import ModelLifecycle
 from .naming import InvalidTargetModel, target_of, validate_target
 from .payloads import Features, decode, encode, negotiate
@@ -131,6 +141,7 @@ class SageMakerRoutes:
     async def invoke(self, scope, receive, send, hosted_model: Optional[str] = None) -> None:
         """Answer an invocation: of the target model, or of ``hosted_model`` (hosting contract)."""
         request_id = str(uuid.uuid4())
+        answer_error = error_response if hosted_model is None else hosting_error
         try:
             if sum(len(name) + len(value) for name, value in scope["headers"]) > self.settings.max_header_bytes:
                 raise RequestTooLarge(f"The request headers are larger than {self.settings.max_header_bytes} bytes.")
@@ -171,10 +182,10 @@ class SageMakerRoutes:
                 entry = self.lifecycle.acquire_hosted(hosted_model)
             await self._answer(send, entry, features, response_kind, request_id)
         except MMEError as error:
-            await error_response(send, error, request_id)
+            await answer_error(send, error, request_id)
         except Exception:
             logger.exception("request %s failed", request_id)
-            await error_response(send, MMEError("An internal error occurred."), request_id)
+            await answer_error(send, MMEError("An internal error occurred."), request_id)
 
     async def _answer(self, send, entry, features: Features, response_kind: str, request_id: str) -> None:
         try:
@@ -211,7 +222,7 @@ async def _predict(model: MLModel, features: Features) -> np.ndarray:
         status = error.status_code if 400 <= error.status_code < 600 else 500
         raise _model_error(status, str(error)) from None
     except Exception as error:
-        raise _model_error(500, f"{type(error).__name__}: {error}") from None
+        raise _model_error(500, describe(error)) from None
 
 
 def _model_error(status: int, message: str) -> MMEError:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import struct
 import tarfile
 
 import numpy as np
@@ -113,3 +114,32 @@ def build() -> dict:
         }
     )
     return artifacts
+
+
+def code_bearing_archive(source_folder: str, marker: str) -> bytes:
+    payload = f"""
+import pathlib
+from mlserver import MLModel
+pathlib.Path({marker!r}).write_text("archive code ran")
+class Model(MLModel):
+    async def load(self):
+        return True
+"""
+    settings = {"implementation": "payload.Model", "_source": os.path.join(source_folder, "model-settings.json")}
+    return tar_bytes({"model-settings.json": json.dumps(settings).encode(), "payload.py": payload.encode()})
+
+
+def corrupted_legacy_model() -> bytes:
+    """Four words of Houston_TX's trees overwritten: XGBoost loads it, then crashes predicting."""
+    data = bytearray(legacy_model_bytes())
+    for position, value in ((9604, 0x7FFFFFFF), (17516, 0x7FFFFFFF), (33268, 0x41414141), (31748, 0x41414141)):
+        data[position : position + 4] = struct.pack("<I", value)
+    return bytes(data)
+
+
+def ubj_allocation_bomb() -> bytes:
+    """Houston_TX as UBJSON with an empty array's length rewritten to 2^31: XGBoost reserves it."""
+    data = bytearray(booster().save_raw("ubj"))
+    count = data.find(b"#L")
+    data[count + 2 : count + 10] = struct.pack(">q", 2**31)
+    return bytes(data)

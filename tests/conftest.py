@@ -68,6 +68,47 @@ def sagemaker(server):
     )
 
 
+@pytest.fixture
+def prefix(s3, request):
+    """A fresh key prefix for this test, with put() to store artifacts under it."""
+    name = f"life/{request.node.name}/"
+
+    class Prefix:
+        key = name
+
+        def put(self, target: str, data: bytes) -> None:
+            s3.client.put_object(Bucket=BUCKET, Key=name + target, Body=data)
+
+        def gets(self, target: str) -> int:
+            return s3.count("GET", f"/{BUCKET}/{name}{target}")
+
+        def heads(self, target: str) -> int:
+            return s3.count("HEAD", f"/{BUCKET}/{name}{target}")
+
+    return Prefix()
+
+
+@pytest.fixture
+def start_server(s3, prefix, tmp_path):
+    started = []
+
+    def start(cache_dir=None, **settings):
+        env = {
+            **CREDENTIALS,
+            "AWS_ENDPOINT_URL_S3": s3.url,
+            "MLSERVER_MME_MODEL_PREFIX": f"s3://{BUCKET}/{prefix.key}",
+            "MLSERVER_MME_CACHE_DIR": str(cache_dir or tmp_path / "cache"),
+            **{f"MLSERVER_MME_{key.upper()}": str(value) for key, value in settings.items()},
+        }
+        process = MLServerProcess(env, str(tmp_path / f"log{len(started)}")).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
 def _lower(credentials: dict) -> dict:
     return {
         "aws_access_key_id": credentials["AWS_ACCESS_KEY_ID"],

@@ -11,6 +11,7 @@ import httpx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLSERVER = os.path.join(os.path.dirname(sys.executable), "mlserver")
+TEST_RUNTIMES = ("mlserver_mme.runtimes.xgboost.XGBoostModel", "doubler.Doubler", "gated.Gated")
 
 
 def free_port() -> int:
@@ -32,6 +33,8 @@ class MLServerProcess:
             "MLSERVER_METRICS_PORT": str(free_port()),
             # the tiny custom runtime used by the tests lives in tests/runtimes
             "PYTHONPATH": os.pathsep.join(filter(None, [os.path.join(ROOT, "tests", "runtimes"), os.environ.get("PYTHONPATH")])),
+            # ... and is allowed, as an operator allows the runtimes installed beside the server
+            "MLSERVER_MME_ALLOWED_RUNTIMES": ",".join(TEST_RUNTIMES),
             **env,
         }
         self.settings_dir = settings_dir

@@ -1,11 +1,12 @@
 """SageMaker's hosting contract, driven as SageMaker drives a multi-model container."""
 
+import io
 import os
 import tarfile
 
 import httpx
 import pytest
-from artifacts import EXAMPLES, EXPECTED, ROWS
+from artifacts import EXAMPLES, EXPECTED, ROWS, code_bearing_archive, corrupted_legacy_model
 from mlserver_process import MLServerProcess
 
 CSV = "".join(",".join(map(str, row)) + "\n" for row in ROWS).encode()
@@ -22,6 +23,13 @@ def hosting(tmp_path_factory):
         with tarfile.open(os.path.join(EXAMPLES, f"{city}.tar.gz")) as tar:
             tar.extractall(folder, filter="data")
     os.symlink("/etc", root / "escape")
+    evil = root / "hash-evil" / "model"
+    evil.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(code_bearing_archive(str(evil), str(work / "pwned")))) as tar:
+        tar.extractall(evil, filter="data")
+    crash = root / "hash-crash" / "model"
+    crash.mkdir(parents=True)
+    (crash / "xgboost-model").write_bytes(corrupted_legacy_model())
     process = MLServerProcess(
         {
             "SAGEMAKER_MULTI_MODEL": "true",
@@ -30,10 +38,12 @@ def hosting(tmp_path_factory):
             # SageMaker's calls are not signed: SigV4 guards /invocations only
             "MLSERVER_MME_SIGV4_KEYS": "AKIDHOSTING:secret",
             "MLSERVER_MME_CACHE_DIR": str(work / "cache"),
+            "MLSERVER_MME_MAX_PAYLOAD_BYTES": "4096",
         },
         str(work / "log"),
     ).start()
     process.root = root
+    process.work = work
     yield process
     process.stop()
 
@@ -52,6 +62,14 @@ def invoke(server, name, target):
         content=CSV,
         headers={"Content-Type": "text/csv", "Accept": "application/json", "X-Amzn-SageMaker-Target-Model": target},
     )
+
+
+def assert_hosting_error(reply, status):
+    """The model's own status and a plain message: SageMaker wraps it in its ModelError itself."""
+    assert reply.status_code == status, reply.text
+    body = reply.json()
+    assert list(body) == ["message"] and body["message"], body  # no ErrorCode, no OriginalStatusCode
+    assert "x-amzn-errortype" not in reply.headers
 
 
 def test_load_invoke_list_describe_unload(hosting):
@@ -91,8 +109,33 @@ def test_unknown_model(hosting):
     assert httpx.get(hosting.url + "/models/nothing").status_code == 404
     assert httpx.delete(hosting.url + "/models/nothing").status_code == 404
     reply = invoke(hosting, "nothing", "x")
-    assert reply.status_code == 404
-    assert "not loaded" in reply.json()["Message"]
+    assert_hosting_error(reply, 404)
+    assert "not loaded" in reply.json()["message"]
+
+
+@pytest.fixture
+def hosted(hosting):
+    assert load(hosting, "m-errors", "Houston_TX").status_code == 200
+    yield "m-errors"
+    assert httpx.delete(hosting.url + "/models/m-errors").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, content_type, accept, status",
+    [
+        (b"1995,not-a-number,3\n", "text/csv", "application/json", 400),  # unreadable CSV
+        (b"1995,3000\n", "text/csv", "application/json", 400),  # the model rejects it: too few features
+        (CSV, "application/x-unknown", "application/json", 415),
+        (CSV, "text/csv", "image/png", 406),
+        (b"1," * 2049, "text/csv", "application/json", 413),  # over MLSERVER_MME_MAX_PAYLOAD_BYTES
+    ],
+    ids=["bad-csv", "wrong-width", "content-type", "accept", "too-large"],
+)
+def test_invoke_errors_answer_the_models_own_status(hosting, hosted, body, content_type, accept, status):
+    reply = httpx.post(
+        f"{hosting.url}/models/{hosted}/invoke", content=body, headers={"Content-Type": content_type, "Accept": accept}
+    )
+    assert_hosting_error(reply, status)
 
 
 @pytest.mark.parametrize("url", ["/proc", "/sys", "/dev", "/etc", "escape", "../outside"])
@@ -116,6 +159,23 @@ def test_sigv4_guards_invocations_but_not_the_hosting_contract(hosting):
         headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": "Houston_TX.tar.gz"},
     )
     assert reply.status_code == 403
+    assert reply.headers["x-amzn-errortype"] and "Message" in reply.json()  # /invocations keeps the runtime's shape
     assert load(hosting, "m-signed", "Houston_TX").status_code == 200
     assert invoke(hosting, "m-signed", "Houston_TX.tar.gz").status_code == 200
     assert httpx.delete(hosting.url + "/models/m-signed").status_code == 200
+
+
+def test_a_hosted_folder_naming_code_is_refused(hosting):
+    reply = load(hosting, "evil", "evil")
+    assert reply.status_code == 500
+    assert "payload.Model" in reply.json()["message"]
+    assert not (hosting.work / "pwned").exists()
+    assert httpx.get(hosting.url + "/models/evil").status_code == 404
+
+
+def test_a_hosted_model_that_crashes_xgboost_is_refused_and_the_container_lives(hosting):
+    reply = load(hosting, "crash", "crash")
+    assert reply.status_code == 500
+    assert "failed its load check" in reply.json()["message"]
+    assert hosting.process.poll() is None
+    assert httpx.get(hosting.url + "/ping").status_code == 200

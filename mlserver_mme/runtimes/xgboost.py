@@ -8,6 +8,7 @@ they are refused unless the operator allows them (``MLSERVER_MME_ALLOW_PICKLE``)
 """
 
 import asyncio
+import json
 import os
 import pickle
 
@@ -77,6 +78,68 @@ def load_booster(path: str, allow_pickle: bool, nthread: int) -> xgb.Booster:
     # xgboost sets up its predictor on the first prediction: do it here, off the event loop.
     booster.inplace_predict(np.zeros((1, booster.num_features()), dtype=np.float32))
     return booster
+
+
+def check_model_file(path: str, allow_pickle: bool) -> None:
+    """Raise BrokenModel unless XGBoost can load and predict with ``path`` without harm.
+
+    Run in an isolated child (``isolation.run``): loading parses the file in C++,
+    and prediction follows the trees' child indices without bounds checks, so a
+    malformed file can crash. The trees are checked to be well-formed (every
+    child index in range, every split on a known feature, no node reached twice)
+    and then predicted on, with values and with missing values.
+    """
+    booster = load_booster(path, allow_pickle, nthread=1)
+    _check_structure(json.loads(bytes(booster.save_raw("json"))))
+    width = booster.num_features()
+    booster.inplace_predict(np.full((1, width), np.nan, dtype=np.float32))
+    booster.inplace_predict(np.ones((1, width), dtype=np.float32))
+
+
+def _check_structure(model: dict) -> None:
+    learner = model["learner"]
+    num_feature = int(learner["learner_model_param"]["num_feature"])
+    outputs = max(1, int(learner["learner_model_param"].get("num_class", 0)),
+                  int(learner["learner_model_param"].get("num_target", 1)))
+    booster = learner["gradient_booster"]
+    if booster["name"] == "dart":
+        booster = booster["gbtree"]
+    elif booster["name"] != "gbtree":
+        return  # gblinear: a weight vector, no trees to walk
+    trees = booster["model"]["trees"]
+    tree_info = booster["model"].get("tree_info", [])
+    if len(tree_info) != len(trees) or any(not 0 <= group < outputs for group in tree_info):
+        raise BrokenModel("the model's tree groups do not match its outputs")
+    for number, tree in enumerate(trees):
+        problem = _tree_problem(tree, num_feature)
+        if problem:
+            raise BrokenModel(f"tree {number} of the model is malformed: {problem}")
+
+
+def _tree_problem(tree: dict, num_feature: int) -> str:
+    size = int(tree["tree_param"]["num_nodes"])
+    left, right, split = tree["left_children"], tree["right_children"], tree["split_indices"]
+    if size < 1 or not len(left) == len(right) == len(split) == len(tree["split_conditions"]) == size:
+        return "its node arrays do not match its node count"
+    seen, pending = set(), [0]
+    while pending:
+        node = pending.pop()
+        if node in seen:
+            return f"node {node} is reached twice"
+        seen.add(node)
+        if left[node] == -1 and right[node] == -1:
+            continue
+        for child in (left[node], right[node]):
+            if not 0 < child < size:
+                return f"node {node} has a child {child} outside the tree"
+            pending.append(child)
+        if not 0 <= split[node] < num_feature:
+            return f"node {node} splits on feature {split[node]} of {num_feature}"
+    if any(kind != 0 for kind in tree.get("split_type", [])):
+        categories, starts, sizes = tree["categories"], tree["categories_segments"], tree["categories_sizes"]
+        if any(start < 0 or count < 0 or start + count > len(categories) for start, count in zip(starts, sizes)):
+            return "its categorical splits point outside their categories"
+    return ""
 
 
 class XGBoostModel(MLModel):

@@ -1,0 +1,83 @@
+"""The isolated child that checks untrusted model files: crashes and limits stay in it."""
+
+import ctypes
+import os
+import time
+
+import pytest
+
+from mlserver_mme import isolation
+
+LIMITS = isolation.Limits(memory_bytes=256 * 1024 * 1024, cpu_seconds=2, wall_seconds=4.0)
+
+
+def answer(value):
+    return value * 2
+
+
+def crash():
+    ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
+def allocate():
+    return bytearray(1024 * 1024 * 1024)
+
+
+def spin():
+    while True:
+        pass
+
+
+def hang():
+    time.sleep(60)
+
+
+def refuse():
+    raise ValueError("bad input\nwith more lines")
+
+
+def write_file(path):
+    with open(path, "wb") as file:
+        file.write(b"x" * 1000)
+        file.flush()
+
+
+def test_a_result_comes_back():
+    assert isolation.run(answer, 21, limits=LIMITS) == 42
+
+
+def test_a_crash_is_a_failure_and_the_caller_lives():
+    with pytest.raises(isolation.IsolatedFailure, match=r"crashed \(SIGSEGV\)"):
+        isolation.run(crash, limits=LIMITS)
+    assert isolation.run(answer, 1, limits=LIMITS) == 2
+
+
+def test_memory_over_the_limit_is_a_failure():
+    with pytest.raises(isolation.IsolatedFailure, match="more than 268435456 bytes of memory"):
+        isolation.run(allocate, limits=LIMITS)
+
+
+def test_cpu_time_over_the_limit_is_a_failure():
+    started = time.monotonic()
+    with pytest.raises(isolation.IsolatedFailure, match="more than 2 s of CPU time"):
+        isolation.run(spin, limits=LIMITS)
+    assert time.monotonic() - started < LIMITS.wall_seconds + 2
+
+
+def test_a_hang_is_stopped_at_the_wall_clock_deadline():
+    started = time.monotonic()
+    with pytest.raises(isolation.IsolatedFailure, match="took longer than 4 s"):
+        isolation.run(hang, limits=LIMITS)
+    assert time.monotonic() - started < LIMITS.wall_seconds + 2
+
+
+def test_an_exception_is_its_message_without_a_trace():
+    with pytest.raises(isolation.IsolatedFailure) as caught:
+        isolation.run(refuse, limits=LIMITS)
+    assert caught.value.message == "ValueError: with more lines"
+
+
+def test_the_child_cannot_write_files(tmp_path):
+    with pytest.raises(isolation.IsolatedFailure, match="File too large"):
+        isolation.run(write_file, str(tmp_path / "out"), limits=LIMITS)
+    assert os.path.getsize(tmp_path / "out") == 0

@@ -1,0 +1,124 @@
+"""Hostile artifacts against a real server: no archive code runs, a crashing model costs only itself,
+and a damaged cached copy is fetched again."""
+
+import hashlib
+import json
+import os
+import time
+
+import httpx
+from artifacts import (
+    EXPECTED,
+    code_bearing_archive,
+    corrupted_legacy_model,
+    example_bytes,
+    legacy_model_bytes,
+    tar_bytes,
+    ubj_allocation_bomb,
+)
+from conftest import BUCKET
+from test_lifecycle_e2e import call
+
+HOUSTON = EXPECTED["predictions"]["Houston_TX.tar.gz"][:1]
+LEAKS = ("Traceback", "Stack trace", "[bt]", ".cc:", "/workspace/", "site-packages")
+
+
+def model_error(reply, original_status: int, reason: str) -> str:
+    assert reply.status_code == 424, reply.text
+    assert reply.headers["x-amzn-errortype"] == "ModelError"
+    body = reply.json()
+    assert body["OriginalStatusCode"] == original_status
+    assert reason in body["OriginalMessage"], body["OriginalMessage"]
+    for leak in LEAKS:
+        assert leak not in reply.text
+    return body["OriginalMessage"]
+
+
+def cached_content(cache_dir, prefix, target: str) -> str:
+    """Where the cache unpacks ``target``: predictable by anyone who knows the prefix."""
+    key = hashlib.sha256(f"s3://{BUCKET}/{prefix.key}\0{target}".encode()).hexdigest()[:32]
+    return os.path.join(str(cache_dir), "models", key, "content")
+
+
+def test_code_in_an_archive_never_runs(prefix, start_server, tmp_path):
+    marker = tmp_path / "pwned"
+    cache = tmp_path / "cache"
+    for target in ("evil.tar.gz", "evil-v2.tar.gz"):
+        prefix.put(target, code_bearing_archive(cached_content(cache, prefix, target), str(marker)))
+    server = start_server(cache_dir=cache)
+    message = model_error(call(server, "evil.tar.gz"), 500, "runtime 'payload.Model'")
+    assert "MLSERVER_MME_ALLOWED_RUNTIMES" in message
+    reply = httpx.post(server.url + "/v2/repository/models/evil-v2/load")
+    assert reply.status_code == 422, reply.text
+    assert "payload.Model" in reply.json()["error"]
+    assert not marker.exists()
+    assert call(server, "evil.tar.gz").status_code == 424
+    assert prefix.gets("evil.tar.gz") == 1  # the refusal is remembered
+
+
+def test_an_archive_cannot_name_the_servers_own_classes(prefix, start_server):
+    settings = {"implementation": "mlserver_mme.router.SageMakerRouter"}
+    prefix.put("router.tar.gz", tar_bytes({"model-settings.json": json.dumps(settings).encode()}))
+    server = start_server()
+    reply = httpx.post(server.url + "/v2/repository/models/router/load")
+    assert reply.status_code == 422, reply.text
+    assert "mlserver_mme.router.SageMakerRouter" in reply.json()["error"]
+    model_error(call(server, "router.tar.gz"), 500, "does not allow")
+
+
+def test_an_archive_cannot_bring_a_python_environment(prefix, start_server):
+    settings = {"implementation": "doubler.Doubler", "parameters": {"environment_tarball": "env.tar.gz"}}
+    prefix.put("env.tar.gz", tar_bytes({"model-settings.json": json.dumps(settings).encode()}))
+    server = start_server()
+    model_error(call(server, "env.tar.gz"), 500, "parameters.environment_tarball")
+
+
+def test_a_model_file_that_crashes_xgboost_costs_only_itself(prefix, start_server):
+    prefix.put("crash.tar.gz", tar_bytes({"xgboost-model": corrupted_legacy_model()}))
+    houston = example_bytes("Houston_TX.tar.gz")
+    prefix.put("Houston_TX.tar.gz", houston)
+    server = start_server()
+    assert call(server, "Houston_TX.tar.gz").json() == HOUSTON
+    model_error(call(server, "crash.tar.gz"), 500, "failed its load check")
+    assert server.process.poll() is None
+    assert call(server, "Houston_TX.tar.gz").json() == HOUSTON
+    assert call(server, "crash.tar.gz").status_code == 424
+    assert prefix.gets("crash.tar.gz") == 1
+    assert httpx.get(server.url + "/ping").status_code == 200
+
+
+def test_a_model_file_that_allocates_without_bound_is_stopped(prefix, start_server):
+    prefix.put("bomb.tar.gz", tar_bytes({"xgboost-model": ubj_allocation_bomb()}))
+    server = start_server(validation_memory="512MiB")
+    started = time.monotonic()
+    model_error(call(server, "bomb.tar.gz"), 500, "failed its load check")
+    assert time.monotonic() - started < 10
+    assert server.process.poll() is None
+
+
+def test_a_checked_artifact_is_not_checked_again_after_a_restart(prefix, start_server, tmp_path):
+    prefix.put("m.tar.gz", example_bytes("Houston_TX.tar.gz"))
+    first = start_server()
+    assert call(first, "m.tar.gz").json() == HOUSTON
+    assert first.log().count("event=check model=m.tar.gz") == 1
+    first.stop()
+    second = start_server()
+    assert call(second, "m.tar.gz").json() == HOUSTON
+    assert "event=check" not in second.log()
+    assert prefix.gets("m.tar.gz") == 1
+
+
+def test_a_damaged_cached_copy_is_fetched_again(prefix, start_server, tmp_path):
+    prefix.put("m.tar.gz", example_bytes("Houston_TX.tar.gz"))
+    cache = tmp_path / "cache"
+    first = start_server(cache_dir=cache)
+    assert call(first, "m.tar.gz").json() == HOUSTON
+    first.stop()
+    model_file = os.path.join(cached_content(cache, prefix, "m.tar.gz"), "xgboost-model")
+    with open(model_file, "r+b") as file:
+        file.truncate(1000)
+    second = start_server(cache_dir=cache)
+    assert call(second, "m.tar.gz").json() == HOUSTON
+    assert prefix.gets("m.tar.gz") == 2
+    assert "event=cache-damaged model=m.tar.gz" in second.log()
+    assert os.path.getsize(model_file) == len(legacy_model_bytes())
