@@ -152,13 +152,13 @@ class ModelLifecycle:
         """Remember ``error`` for ``name``; many distinct bad names cost a bounded number of bytes."""
         now = time.monotonic()
         self._forget_failure(name)
-        if len(self._failures) >= MAX_REMEMBERED_FAILURES or self._failure_bytes > MAX_REMEMBERED_FAILURE_BYTES:
-            for expired in [n for n, (until, _) in self._failures.items() if until <= now]:
-                self._forget_failure(expired)
-            while self._failures and (
-                len(self._failures) >= MAX_REMEMBERED_FAILURES or self._failure_bytes > MAX_REMEMBERED_FAILURE_BYTES
-            ):
-                self._forget_failure(next(iter(self._failures)))  # the oldest
+        # Oldest first, and all remembered for the same time: the first ones expire first.
+        while self._failures:
+            oldest = next(iter(self._failures))
+            full = len(self._failures) >= MAX_REMEMBERED_FAILURES or self._failure_bytes > MAX_REMEMBERED_FAILURE_BYTES
+            if not full and self._failures[oldest][0] > now:
+                break
+            self._forget_failure(oldest)
         # a copy holds no traceback, so no frames are kept alive with it
         self._failures[name] = (now + self.settings.failure_ttl, copy.copy(error))
         self._failure_bytes += _failure_size(name, error)
