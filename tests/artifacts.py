@@ -143,3 +143,95 @@ def ubj_allocation_bomb() -> bytes:
     count = data.find(b"#L")
     data[count + 2 : count + 10] = struct.pack(">q", 2**31)
     return bytes(data)
+
+
+def tar_of(*members, mode: str = "w:gz", format=tarfile.PAX_FORMAT) -> bytes:
+    """A tar archive of ``TarInfo`` members, each given as ``info`` or ``(info, data)``, in order."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode, format=format) as tar:
+        for member in members:
+            info, data = member if isinstance(member, tuple) else (member, b"")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def tar_member(name: str, type=tarfile.REGTYPE, linkname: str = "", **fields) -> tarfile.TarInfo:
+    """A ``TarInfo`` of any type; ``fields`` set other attributes (``pax_headers``, ``mtime``...)."""
+    info = tarfile.TarInfo(name)
+    info.type = type
+    info.linkname = linkname
+    for field, value in fields.items():
+        setattr(info, field, value)
+    return info
+
+
+def path_max_escape(destination: str, outside: str, data: bytes) -> bytes:
+    """CVE-2025-4517: an archive writing ``data`` to ``outside`` (relative to the parent of ``destination``).
+
+    Sixteen symlinks each expand to a long folder name, so the expanded path of
+    the last link, which points back up to ``destination``, outgrows PATH_MAX:
+    ``os.path.realpath`` stops expanding there and sees ``escape`` (that link
+    plus ``..``) as inside, while the kernel follows it to the parent.
+    """
+    steps = "abcdefghijklmnop"
+    path_max = os.pathconf(os.path.dirname(destination), "PC_PATH_MAX")
+    component = "d" * ((path_max - len(destination) - 1) // (len(steps) + 1))
+    members = []
+    path = ""
+    for step in steps:
+        members.append(tar_member(os.path.join(path, component), tarfile.DIRTYPE))
+        members.append(tar_member(os.path.join(path, step), tarfile.SYMTYPE, component))
+        path = os.path.join(path, component)
+    last_link = os.path.join(*steps, "l" * 254)
+    members.append(tar_member(last_link, tarfile.SYMTYPE, os.path.join(*[".."] * len(steps))))
+    members.append(tar_member("escape", tarfile.SYMTYPE, os.path.join(last_link, "..")))
+    members.append((tar_member(os.path.join("escape", outside)), data))
+    return tar_of(*members)
+
+
+def header_bomb(kind: str, size: int) -> bytes:
+    """A gzip tar whose first header is a ``size``-byte PAX record (``"pax"``) or GNU long name (``"gnu"``).
+
+    Written in chunks: neither the archive nor the header is ever whole in memory here.
+    """
+    import gzip
+
+    def block(name: str, type: bytes, length: int) -> bytes:
+        return tar_member(name, type, size=length).tobuf(tarfile.USTAR_FORMAT)
+
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=1) as archive:
+        if kind == "pax":
+            prefix = b"%d comment=" % size  # a record: "<its length> <keyword>=<value>\n"
+            archive.write(block("pax", tarfile.XHDTYPE, size) + prefix)
+            left, end = size - len(prefix) - 1, b"\n"
+        else:
+            archive.write(block("././@LongLink", tarfile.GNUTYPE_LONGNAME, size))
+            left, end = size - 1, b"\0"
+        chunk = b"a" * (1 << 20)
+        while left > 0:
+            archive.write(chunk[: min(left, len(chunk))])
+            left -= len(chunk)
+        archive.write(end + b"\0" * (-size % tarfile.BLOCKSIZE))
+        archive.write(block("xgboost-model", tarfile.REGTYPE, 0) + b"\0" * 2 * tarfile.BLOCKSIZE)
+    return buffer.getvalue()
+
+
+def pax_record(keyword: bytes, value: bytes) -> bytes:
+    """One PAX record: ``<its length> <keyword>=<value>\\n``."""
+    body = b" %s=%s\n" % (keyword, value)
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length += 1
+    return b"%d%s" % (length, body)
+
+
+def pax_tar(records: bytes, type=tarfile.XHDTYPE) -> bytes:
+    """A gzip tar of one empty file ``m`` after a PAX header of ``records`` as given (tarfile would not write some)."""
+    import gzip
+
+    pax = tar_member("pax", type, size=len(records)).tobuf(tarfile.USTAR_FORMAT)
+    padding = b"\0" * (-len(records) % tarfile.BLOCKSIZE)
+    end = b"\0" * 2 * tarfile.BLOCKSIZE
+    return gzip.compress(pax + records + padding + tar_member("m").tobuf(tarfile.USTAR_FORMAT) + end)
