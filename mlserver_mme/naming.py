@@ -10,24 +10,28 @@ reversible rule (a bijection between valid paths and names):
 1. every character other than ``A-Z a-z 0-9 . _ -`` is written as ``~XX``, the
    upper-case hex of each of its UTF-8 bytes (``/`` becomes ``~2F``);
 2. a final ``.tar.gz`` is dropped; a path that does not end in ``.tar.gz`` gets a
-   final ``~`` instead (a lone ``~`` cannot come from rule 1).
+   final ``~`` instead (a lone ``~`` cannot come from rule 1). The path ``.tar.gz``
+   itself keeps its suffix and gets the ``~`` (``.tar.gz~``), so no name is empty.
 
 So ``Houston_TX.tar.gz`` is ``Houston_TX``, ``northeast/Boston_MA.tar.gz`` is
 ``northeast~2FBoston_MA`` and a bare ``model.json`` is ``model.json~``.
+
+Names are computed on every request and not cached: escaping a typical path takes
+1-3 microseconds, while a cache keyed by (possibly hostile, up to 1024-character)
+paths would hold kilobytes per distinct path.
 
 Models loaded through SageMaker's hosting contract (``POST /models``) have an
 opaque name instead of a path; their V2 name is ``hosted~~`` and the name
 escaped by rule 1. No path maps to a name holding ``~~``.
 """
 
-import functools
 import re
 
 MAX_TARGET_LENGTH = 1024
 TAR_GZ = ".tar.gz"
 
-_SAFE = re.compile(r"[A-Za-z0-9._\-]")
-_ESCAPED = re.compile(r"(?:~[0-9A-F]{2})+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
+_ESCAPED = re.compile(r"~[0-9A-F]{2}(?:~[0-9A-F]{2})*")  # a leading literal: searched fast
 
 
 class InvalidTargetModel(ValueError):
@@ -56,15 +60,13 @@ def validate_target(target: str) -> str:
     return target
 
 
-@functools.lru_cache(maxsize=65536)  # on every request's path
 def v2_name(target: str) -> str:
     """The MLServer model name for a (valid) target model path."""
-    if target.endswith(TAR_GZ):
+    if target.endswith(TAR_GZ) and target != TAR_GZ:
         stem, suffix = target[: -len(TAR_GZ)], ""
     else:
         stem, suffix = target, "~"
-    escaped = "".join(c if _SAFE.fullmatch(c) else _escape(c) for c in stem)
-    return escaped + suffix
+    return _escaped(stem) + suffix
 
 
 def target_of(name: str) -> str:
@@ -76,11 +78,11 @@ def target_of(name: str) -> str:
     try:
         target = _ESCAPED.sub(lambda m: bytes.fromhex(m.group().replace("~", "")).decode("utf-8"), stem)
     except UnicodeDecodeError:
-        raise InvalidTargetModel(f"'{name}' is not a model name") from None
+        raise InvalidTargetModel(f"'{name[:100]}' is not a model name") from None
     target = validate_target(target + suffix)
     # Only names produced by v2_name are accepted: this keeps the mapping one-to-one.
     if v2_name(target) != name:
-        raise InvalidTargetModel(f"'{name}' is not a model name")
+        raise InvalidTargetModel(f"'{name[:100]}' is not a model name")
     return target
 
 
@@ -89,12 +91,13 @@ HOSTED_PREFIX = "hosted~~"
 
 def hosted_name(model_name: str) -> str:
     """The MLServer name of a model loaded through the hosting contract."""
-    return HOSTED_PREFIX + "".join(c if _SAFE.fullmatch(c) else _escape(c) for c in model_name)
+    return HOSTED_PREFIX + _escaped(model_name)
 
 
 def is_hosted_name(name: str) -> bool:
     return name.startswith(HOSTED_PREFIX)
 
 
-def _escape(char: str) -> str:
-    return "".join(f"~{byte:02X}" for byte in char.encode("utf-8"))
+def _escaped(text: str) -> str:
+    """Rule 1: each run of characters outside ``A-Z a-z 0-9 . _ -`` as ``~XX`` per UTF-8 byte."""
+    return _UNSAFE.sub(lambda run: "".join(f"~{byte:02X}" for byte in run.group().encode("utf-8")), text)

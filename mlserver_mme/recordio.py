@@ -6,8 +6,13 @@ bits: continuation flag, 0 for a whole record), the payload padded to 4 bytes.
 Each payload is a protobuf ``Record`` whose ``features`` map holds, under the key
 ``values``, a ``Float32Tensor`` (or ``Float64Tensor`` / ``Int32Tensor``) of one row.
 Only the few protobuf wire rules these messages use are implemented here.
+
+Bodies are hostile: every malformed input raises ``ValueError`` (or ``struct.error``),
+and what is kept while reading stays proportional to the values read: at most
+``max_records`` records, only the fields read are kept, varints of at most 64 bits.
 """
 
+import array
 import struct
 from typing import Dict, Iterator, List, Tuple
 
@@ -23,9 +28,13 @@ TENSOR_VALUES, TENSOR_KEYS = 1, 2
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
 
-def decode_dense(body: bytes) -> np.ndarray:
+def decode_dense(body: bytes, max_records: int) -> np.ndarray:
     """The rows of a RecordIO-protobuf body, as a 2-D array."""
-    rows = [_record_row(payload) for payload in _frames(body)]
+    rows = []
+    for payload in _frames(body):
+        if len(rows) == max_records:
+            raise ValueError(f"more than {max_records} records")
+        rows.append(_record_row(payload))
     if not rows:
         raise ValueError("no records")
     if any(len(row) != len(rows[0]) for row in rows):
@@ -52,53 +61,59 @@ def _frames(body: bytes) -> Iterator[bytes]:
 
 
 def _record_row(payload: bytes) -> np.ndarray:
-    for number, value in _fields(payload):
+    for number, value, wire in _fields(payload):
         if number != RECORD_FEATURES:
             continue
-        entry = _message(value)
-        if entry.get(1, [b""])[0] == b"values" and 2 in entry:
-            return _tensor(_message(entry[2][0]))
+        if wire != _LENGTH:
+            raise ValueError("a record's features are not a protobuf map")
+        entry = _message(value, (1, 2))
+        if entry.get(1) == b"values" and 2 in entry:
+            return _tensor(_message(entry[2], (VALUE_FLOAT32, VALUE_FLOAT64, VALUE_INT32)))
     raise ValueError("a record has no 'values' feature")
 
 
-def _tensor(value: Dict[int, List]) -> np.ndarray:
+def _tensor(value: Dict[int, bytes]) -> np.ndarray:
     for kind, dtype, wire in ((VALUE_FLOAT32, "<f4", _FIXED32), (VALUE_FLOAT64, "<f8", _FIXED64), (VALUE_INT32, None, _VARINT)):
-        if kind not in value:
-            continue
-        tensor = _message(value[kind][0], keep_wire=True)
-        if TENSOR_KEYS in tensor:
-            raise ValueError("sparse tensors (with keys) are not supported; send dense rows")
-        parts = tensor.get(TENSOR_VALUES, [])
-        return _numbers(parts, dtype, wire)
+        if kind in value:
+            return _numbers(value[kind], dtype, wire)
     raise ValueError("a record's values are not a float32, float64 or int32 tensor")
 
 
-def _numbers(parts: List[Tuple[int, object]], dtype, wire: int) -> np.ndarray:
-    """Values of a repeated numeric field, packed or not."""
-    chunks = []
-    for part_wire, data in parts:
-        if part_wire == _LENGTH:  # packed
-            if dtype is None:
-                chunks.append(np.array(list(_varints(data)), dtype=np.int64))
-            else:
-                chunks.append(np.frombuffer(data, dtype=dtype))
-        elif part_wire == wire:
-            chunks.append(np.array([data], dtype=np.float64 if dtype else np.int64))
+def _numbers(tensor: bytes, dtype, wire: int) -> np.ndarray:
+    """The values of a tensor message, packed or one field per value, in order."""
+    chunks: List = []
+    for number, data, data_wire in _fields(tensor):
+        if number == TENSOR_KEYS:
+            raise ValueError("sparse tensors (with keys) are not supported; send dense rows")
+        if number != TENSOR_VALUES:
+            continue
+        if data_wire == _LENGTH:  # packed
+            chunks.append(np.frombuffer(data, dtype=dtype) if dtype else array.array("q", _varints(data)))
+        elif data_wire == wire:
+            # One value per field: gathered in a typed array (8 bytes a value), not one object each.
+            if not chunks or not isinstance(chunks[-1], array.array):
+                chunks.append(array.array("d" if dtype else "q"))
+            chunks[-1].append(data if dtype else _signed(data))
         else:
             raise ValueError("unexpected encoding of tensor values")
     if not chunks:
         return np.zeros(0, dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float64 if dtype == "<f8" else np.float32)
+    return np.concatenate([np.asarray(chunk) for chunk in chunks]).astype(np.float64 if dtype == "<f8" else np.float32)
 
 
-def _message(data: bytes, keep_wire: bool = False) -> Dict[int, List]:
-    fields: Dict[int, List] = {}
-    for number, value, wire in _fields(data, with_wire=True):
-        fields.setdefault(number, []).append((wire, value) if keep_wire else value)
+def _message(data: bytes, numbers: Tuple[int, ...]) -> Dict[int, bytes]:
+    """The first value of each of the fields ``numbers`` (length-delimited); other fields are skipped."""
+    fields: Dict[int, bytes] = {}
+    for number, value, wire in _fields(data):
+        if number in numbers and number not in fields:
+            if wire != _LENGTH:
+                raise ValueError(f"protobuf field {number} is not length-delimited")
+            fields[number] = value
     return fields
 
 
-def _fields(data: bytes, with_wire: bool = False):
+def _fields(data: bytes) -> Iterator[Tuple[int, object, int]]:
+    """(field number, value, wire type) of each field of a message."""
     position = 0
     while position < len(data):
         key, position = _varint(data, position)
@@ -119,7 +134,7 @@ def _fields(data: bytes, with_wire: bool = False):
             position += length
         else:
             raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield (number, value, wire) if with_wire else (number, value)
+        yield number, value, wire
 
 
 def _varint(data: bytes, position: int) -> Tuple[int, int]:
@@ -131,6 +146,8 @@ def _varint(data: bytes, position: int) -> Tuple[int, int]:
         position += 1
         result |= (byte & 0x7F) << shift
         if not byte & 0x80:
+            if result >> 64:  # a tenth byte over 1: not a 64-bit value
+                raise ValueError("protobuf varint too large")
             return result, position
         shift += 7
         if shift > 63:
@@ -141,4 +158,9 @@ def _varints(data: bytes) -> Iterator[int]:
     position = 0
     while position < len(data):
         value, position = _varint(data, position)
-        yield value - (1 << 64) if value >= 1 << 63 else value
+        yield _signed(value)
+
+
+def _signed(value: int) -> int:
+    """An int32/int64 varint (negative ones are sign-extended to 64 bits) as a signed int64."""
+    return value - (1 << 64) if value >= 1 << 63 else value

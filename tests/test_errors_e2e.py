@@ -10,6 +10,8 @@ from clients import invoke
 from conftest import BUCKET, PREFIX
 
 CSV = b"1995,3000,3,2,1.0,2\n"
+# an npy header declaring 10^16 float64 values, followed by none of them
+NPY_HUGE_SHAPE = b"\x93NUMPY\x01\x00v\x00" + b"{'descr': '<f8', 'fortran_order': False, 'shape': (10000000000000000,), }".ljust(117) + b"\n"
 
 
 def client_error(sagemaker, **kwargs) -> botocore.exceptions.ClientError:
@@ -110,6 +112,11 @@ def test_broken_artifact_is_a_model_error_and_others_keep_serving(sagemaker, tar
         ({"Content-Type": "text/libsvm"}, b"0 7:2\n", 400, "takes 6 features"),
         ({"Content-Type": "image/png"}, CSV, 415, "image/png"),
         ({"Content-Type": "text/csv", "Accept": "image/png"}, CSV, 406, "image/png"),
+        # hostile bodies: bounded, answered as the caller's fault, never a 500
+        ({"Content-Type": "text/libsvm"}, b"0 99999999999999999999:1\n", 400, "feature index must be in"),
+        ({"Content-Type": "text/libsvm"}, b"0\n" * 1_000_000, 400, "no features"),
+        ({"Content-Type": "application/json"}, b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+        ({"Content-Type": "application/x-npy"}, NPY_HUGE_SHAPE, 400, "more than 1048576 features"),
     ],
 )
 def test_payload_the_model_cannot_handle_is_a_client_model_error(server, headers, body, status, reason):
@@ -136,3 +143,13 @@ def test_v2_name_no_path_maps_to_is_404_without_storage(server, s3):
     reply = httpx.post(server.url + "/v2/repository/models/bad~name/load")
     assert reply.status_code == 404
     assert s3.total() == before
+
+
+def test_a_400_digit_json_number_is_read_as_float_reads_it(server):
+    reply = httpx.post(
+        server.url + "/invocations",
+        content=b"[" + b"9" * 400 + b", 3000, 3, 2, 1.0, 2]",
+        headers={"Content-Type": "application/json", "X-Amzn-SageMaker-Target-Model": "Houston_TX.tar.gz"},
+    )
+    assert reply.status_code == 200, reply.text
+    assert len(reply.json()) == 1

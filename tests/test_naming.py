@@ -1,3 +1,6 @@
+import gc
+import tracemalloc
+
 import pytest
 
 from mlserver_mme.naming import InvalidTargetModel, target_of, v2_name, validate_target
@@ -43,3 +46,31 @@ def test_invalid_targets(target):
 
 def test_longest_target_is_valid():
     assert validate_target("x" * 1024) == "x" * 1024
+
+
+def test_tar_gz_alone_has_a_name():
+    # Dropping the suffix would leave an empty name (no V2 URL can hold it).
+    assert v2_name(".tar.gz") == ".tar.gz~"
+    assert target_of(".tar.gz~") == ".tar.gz"
+    assert v2_name("a/.tar.gz") == "a~2F"
+    with pytest.raises(InvalidTargetModel):
+        target_of("")
+
+
+def test_names_of_many_long_targets_do_not_stay_in_memory():
+    # Every request computes a name, and distinct (hostile) targets are unbounded: nothing may grow with them.
+    def targets():
+        for i in range(70_000):
+            yield f"{i:07d}/ü-" + "x" * 990
+
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for target in targets():
+            assert target_of(v2_name(target)) == target
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 50 * 1024 * 1024
