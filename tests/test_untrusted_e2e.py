@@ -12,12 +12,18 @@ from artifacts import (
     code_bearing_archive,
     corrupted_legacy_model,
     example_bytes,
+    header_bomb,
     legacy_model_bytes,
+    path_max_escape,
     tar_bytes,
+    tar_member,
+    tar_of,
     ubj_allocation_bomb,
 )
 from conftest import BUCKET
 from test_lifecycle_e2e import call
+
+from mlserver_mme.memory import process_tree_memory as process_memory
 
 HOUSTON = EXPECTED["predictions"]["Houston_TX.tar.gz"][:1]
 LEAKS = ("Traceback", "Stack trace", "[bt]", ".cc:", "/workspace/", "site-packages")
@@ -122,3 +128,36 @@ def test_a_damaged_cached_copy_is_fetched_again(prefix, start_server, tmp_path):
     assert prefix.gets("m.tar.gz") == 2
     assert "event=cache-damaged model=m.tar.gz" in second.log()
     assert os.path.getsize(model_file) == len(legacy_model_bytes())
+
+
+def test_an_archive_cannot_write_into_another_models_cached_copy(prefix, start_server, tmp_path):
+    cache = tmp_path / "cache"
+    prefix.put("victim.tar.gz", example_bytes("Houston_TX.tar.gz"))
+    # the folder an archive is unpacked in: partial/tmpXXXXXXXX/content, its length known in advance
+    unpacked_in = os.path.join(str(cache), "partial", "tmpXXXXXXXX", "content")
+    victim_file = os.path.relpath(os.path.join(cached_content(cache, prefix, "victim.tar.gz"), "xgboost-model"),
+                                  os.path.dirname(unpacked_in))
+    prefix.put("escape.tar.gz", path_max_escape(unpacked_in, victim_file, b"overwritten"))
+    server = start_server(cache_dir=cache)
+    assert call(server, "victim.tar.gz").json() == HOUSTON
+    model_error(call(server, "escape.tar.gz"), 500, "unsafe archive member")
+    with open(os.path.join(cached_content(cache, prefix, "victim.tar.gz"), "xgboost-model"), "rb") as file:
+        assert file.read() == legacy_model_bytes()
+
+
+def test_clashing_members_are_the_artifacts_fault_and_remembered(prefix, start_server):
+    prefix.put("dot.tar.gz", tar_of((tar_member("."), b"x")))
+    prefix.put("inside-file.tar.gz", tar_of((tar_member("f"), b"x"), (tar_member("f/x"), b"y")))
+    server = start_server()
+    for target in ("dot.tar.gz", "inside-file.tar.gz"):
+        model_error(call(server, target), 500, "unsafe archive member")
+        assert call(server, target).status_code == 424
+        assert prefix.gets(target) == 1
+
+
+def test_a_header_bomb_is_refused_without_taking_memory(prefix, start_server):
+    prefix.put("bomb.tar.gz", header_bomb("pax", 200 * 1024 * 1024))
+    server = start_server()
+    before = process_memory(server.process.pid)
+    model_error(call(server, "bomb.tar.gz"), 500, "unsafe archive member")
+    assert process_memory(server.process.pid) - before < 50 * 1024 * 1024
