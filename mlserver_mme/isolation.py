@@ -13,6 +13,7 @@ a fork, not an interpreter start, and never inherits the server's threads or
 OpenMP state (forking the multi-threaded server itself could deadlock).
 """
 
+import json
 import multiprocessing
 import os
 import resource
@@ -39,7 +40,11 @@ class IsolatedFailure(Exception):
         self.message = message
 
 
+MAX_ANSWER_BYTES = 64 * 1024
+
 _context = multiprocessing.get_context("forkserver")
+# Each child may take its memory limit: as many at once as there are CPUs, the rest wait their turn.
+_slots = threading.BoundedSemaphore(os.cpu_count() or 1)
 
 
 def start(preload: list) -> None:
@@ -55,9 +60,14 @@ def start(preload: list) -> None:
 def run(check: Callable[..., Any], *args, limits: Limits) -> Any:
     """``check(*args)`` in a limited child; its result, or IsolatedFailure.
 
-    ``check`` must be importable (it is pickled by reference) and raise an
-    exception whose message says what is wrong with the input.
+    ``check`` must be importable (it is pickled by reference), return a JSON
+    value and raise an exception whose message says what is wrong with the input.
     """
+    with _slots:
+        return _run_child(check, args, limits)
+
+
+def _run_child(check: Callable[..., Any], args: tuple, limits: Limits) -> Any:
     receiver, sender = _context.Pipe(duplex=False)
     process = _context.Process(target=_child, args=(sender, limits, check, args), daemon=True)
     process.start()
@@ -66,10 +76,13 @@ def run(check: Callable[..., Any], *args, limits: Limits) -> Any:
         if not receiver.poll(limits.wall_seconds):
             raise IsolatedFailure(f"the check took longer than {limits.wall_seconds:g} s")
         try:
-            ok, value = receiver.recv()
+            # JSON, not pickle: a child taken over by a hostile file must not get to run code here
+            ok, value = json.loads(receiver.recv_bytes(MAX_ANSWER_BYTES))
         except EOFError:  # the child died without answering
             process.join()
             raise IsolatedFailure(_death(process.exitcode, limits)) from None
+        except (OSError, ValueError, TypeError):
+            raise IsolatedFailure("the check answered something unreadable") from None
     finally:
         receiver.close()
         if process.is_alive():
@@ -97,7 +110,7 @@ def _child(sender, limits: Limits, check: Callable[..., Any], args: tuple) -> No
         answer = (False, f"the check needed more than {limits.memory_bytes} bytes of memory")
     except BaseException as error:  # anything the check raises is the input's fault
         answer = (False, getattr(error, "message", None) or describe(error))
-    sender.send(answer)
+    sender.send_bytes(json.dumps(answer).encode())
     sender.close()
 
 

@@ -81,3 +81,19 @@ def test_the_child_cannot_write_files(tmp_path):
     with pytest.raises(isolation.IsolatedFailure, match="File too large"):
         isolation.run(write_file, str(tmp_path / "out"), limits=LIMITS)
     assert os.path.getsize(tmp_path / "out") == 0
+
+
+def huge_answer():
+    return "x" * (isolation.MAX_ANSWER_BYTES + 1)
+
+
+def test_an_answer_over_the_bound_is_refused_unread():
+    with pytest.raises(isolation.IsolatedFailure, match="unreadable"):
+        isolation.run(huge_answer, limits=LIMITS)
+
+
+def test_concurrent_checks_wait_for_a_slot():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda n: isolation.run(answer, n, limits=LIMITS), range(8))) == [2 * n for n in range(8)]
