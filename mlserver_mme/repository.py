@@ -66,8 +66,11 @@ class MMERepository(SchemalessModelRepository):
         memory = parse_size(self.settings.validation_memory)
         seconds = self.settings.validation_seconds
         self.check_limits = isolation.Limits(memory_bytes=memory, cpu_seconds=seconds, wall_seconds=2.0 * seconds)
-        # The fork server imports the server's main module and the XGBoost check once (in the background).
-        isolation.start(["__main__", check_model_file.__module__])
+        # The fork server imports, once and in the background, the XGBoost check and what the main
+        # script imports: each check child runs `mlserver`'s script again (Python before 3.13 ignores
+        # "__main__" in a fork server's preload list, CPython issue 126631), so it must find
+        # mlserver.cli imported already.
+        isolation.start(["__main__", "mlserver.cli", check_model_file.__module__])
         disk_limit = self.settings.disk_limit
         os.makedirs(self.settings.cache_dir, exist_ok=True)
         self.cache = ArtifactCache(
