@@ -30,12 +30,12 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Awaitable, Callable, Dict, Optional, Tuple
 
 from .archive import UnsafeArchive, unpack
 from .errors import ArtifactNotFound, BrokenModel, StorageUnavailable
 from .metrics import metrics
-from .store import ObjectMissing, Store, StoreUnavailable
+from .store import ObjectInfo, ObjectMissing, Store, StoreUnavailable
 
 logger = logging.getLogger("mlserver.mme")
 
@@ -48,6 +48,19 @@ class LocalArtifact:
     unpacked_bytes: int
 
 
+@dataclass(frozen=True)
+class _Download:
+    work: str  # the folder under partial/ that becomes models/<key> when published
+    content: str
+    info: ObjectInfo
+    download_seconds: float
+    unpack_seconds: float
+
+
+async def _accept(target: str, folder: str) -> None:
+    """The default check: every artifact that unpacks is published."""
+
+
 class ArtifactCache:
     def __init__(
         self,
@@ -56,10 +69,10 @@ class ArtifactCache:
         cache_dir: str,
         max_unpacked_bytes: int,
         disk_limit: Optional[int],
-        check: Callable[[str, str], None] = lambda target, folder: None,
+        check: Callable[[str, str], Awaitable[None]] = _accept,
     ):
         self.store = store
-        self.check = check  # (target, unpacked folder): raises BrokenModel to refuse the artifact
+        self.check = check  # async (target, unpacked folder): raises BrokenModel to refuse the artifact
         self.prefix = prefix
         self.max_unpacked_bytes = max_unpacked_bytes
         self.disk_limit = disk_limit
@@ -112,7 +125,7 @@ class ArtifactCache:
             return known
         flight = self._flights.get(target)
         if flight is None:
-            flight = asyncio.ensure_future(asyncio.to_thread(self._fetch_blocking, target, known))
+            flight = asyncio.ensure_future(self._fetch(target, known))
             self._flights[target] = flight
             flight.add_done_callback(lambda done: (self._flights.pop(target, None), observe(done)))
         # shield: a caller that gives up does not cancel the fetch for the others
@@ -139,14 +152,24 @@ class ArtifactCache:
     def _key(self, target: str) -> str:
         return hashlib.sha256(f"{self.prefix}\0{target}".encode()).hexdigest()[:32]
 
-    def _fetch_blocking(self, target: str, known: Optional[LocalArtifact]) -> LocalArtifact:
-        final = os.path.join(self.models_dir, self._key(target))
+    async def _fetch(self, target: str, known: Optional[LocalArtifact]) -> LocalArtifact:
+        """``known`` if it is current and intact, else a fresh download, unpacked, checked and published."""
+        fetched = await asyncio.to_thread(self._reuse_or_download, target, known)
+        if isinstance(fetched, LocalArtifact):
+            return fetched
+        try:
+            await self.check(target, fetched.content)  # waits for a check slot without holding a thread
+            return await asyncio.to_thread(self._publish_download, target, fetched)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, fetched.work, True)  # gone already when published
+
+    def _reuse_or_download(self, target: str, known: Optional[LocalArtifact]):
         try:
             if known is not None and self.store.head(target).etag == known.etag:
-                if _intact(final):
+                if _intact(os.path.join(self.models_dir, self._key(target))):
                     return known
                 logger.warning("event=cache-damaged model=%s (fetched again)", target)
-            return self._download_and_publish(target, final)
+            return self._download(target)
         except ObjectMissing as missing:
             raise ArtifactNotFound(
                 f"Could not find model data for target model '{target}' at {missing.location}: "
@@ -155,38 +178,43 @@ class ArtifactCache:
         except StoreUnavailable as error:
             raise StorageUnavailable(f"The model store is unavailable: {error}") from None
 
-    def _download_and_publish(self, target: str, final: str) -> LocalArtifact:
+    def _download(self, target: str) -> "_Download":
+        """Download and unpack ``target`` into a new folder under ``partial/``."""
         work = tempfile.mkdtemp(dir=self.partial_dir)
         try:
             started = time.perf_counter()
-            download = os.path.join(work, "artifact")
-            info = self.store.fetch(target, download)
+            archive = os.path.join(work, "artifact")
+            info = self.store.fetch(target, archive)
             downloaded = time.perf_counter()
             content = os.path.join(work, "content")
             os.mkdir(content)
             try:
-                unpack(download, content, self.max_unpacked_bytes, bare_name=target.rsplit("/", 1)[-1])
+                unpack(archive, content, self.max_unpacked_bytes, bare_name=target.rsplit("/", 1)[-1])
             except UnsafeArchive as error:
                 raise BrokenModel(f"The artifact of '{target}' cannot be unpacked: {error}") from None
-            os.remove(download)
-            self.check(target, content)
-            files = _file_digests(content)
-            unpacked = sum(size for size, _ in files.values())
-            with open(os.path.join(work, "meta.json"), "w") as meta:
-                json.dump({"target": target, "prefix": self.prefix, "etag": info.etag, "size": info.size,
-                           "unpacked": unpacked, "files": files}, meta)
-            self._publish(work, final)
-            unpacked_at = time.perf_counter()
-            metrics().downloading.observe(downloaded - started)
-            metrics().unpacking.observe(unpacked_at - downloaded)
-            metrics().downloaded_bytes.inc(info.size)
-            logger.info(
-                "event=download model=%s bytes=%d unpacked_bytes=%d download_ms=%.1f unpack_ms=%.1f",
-                target, info.size, unpacked, (downloaded - started) * 1e3, (unpacked_at - downloaded) * 1e3,
-            )
-            return LocalArtifact(target, os.path.join(final, "content"), info.etag, unpacked)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)  # gone already when published
+            os.remove(archive)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return _Download(work, content, info, downloaded - started, time.perf_counter() - downloaded)
+
+    def _publish_download(self, target: str, download: "_Download") -> LocalArtifact:
+        files = _file_digests(download.content)
+        unpacked = sum(size for size, _ in files.values())
+        info = download.info
+        with open(os.path.join(download.work, "meta.json"), "w") as meta:
+            json.dump({"target": target, "prefix": self.prefix, "etag": info.etag, "size": info.size,
+                       "unpacked": unpacked, "files": files}, meta)
+        final = os.path.join(self.models_dir, self._key(target))
+        self._publish(download.work, final)
+        metrics().downloading.observe(download.download_seconds)
+        metrics().unpacking.observe(download.unpack_seconds)
+        metrics().downloaded_bytes.inc(info.size)
+        logger.info(
+            "event=download model=%s bytes=%d unpacked_bytes=%d download_ms=%.1f unpack_ms=%.1f",
+            target, info.size, unpacked, download.download_seconds * 1e3, download.unpack_seconds * 1e3,
+        )
+        return LocalArtifact(target, os.path.join(final, "content"), info.etag, unpacked)
 
     def _publish(self, work: str, final: str) -> None:
         if os.path.exists(final):

@@ -30,10 +30,10 @@ class MMESettings(BaseSettings):
     allow_pickle: bool = False
     """Load pickled boosters (pickle runs code on load: only for trusted artifacts)."""
 
-    allowed_runtimes: Optional[str] = None
-    """Comma-separated MLServer runtime classes an artifact's own ``model-settings.json`` may name. Default:
-    this package's XGBoost runtime and whichever of MLServer's XGBoost and LightGBM runtimes are installed
-    (its scikit-learn runtime too when ``allow_pickle`` is on: it unpickles)."""
+    allowed_runtimes: str = "mlserver_mme.runtimes.xgboost.XGBoostModel"
+    """Comma-separated MLServer runtime classes an artifact's own ``model-settings.json`` may name. Only
+    this package's XGBoost runtime by default: its model files are checked in an isolated child, while
+    other runtimes parse theirs in the server process (add them for artifacts you trust that far)."""
 
     validation_memory: str = "2GiB"
     """Memory a new artifact's check (load and first predictions, in a child process) may use."""

@@ -8,30 +8,27 @@ package's router included), a ``_source`` key puts the unpacked folder on
 environment. So the file is read as data and only this is kept:
 
 - ``implementation``: one of the operator's allowed runtimes
-  (``MLSERVER_MME_ALLOWED_RUNTIMES``);
+  (``MLSERVER_MME_ALLOWED_RUNTIMES``; by default only this package's XGBoost
+  runtime, the one whose model files are checked in an isolated child: other
+  runtimes parse their files in the server process);
 - ``parameters``: ``version``, ``format``, ``content_type`` and ``extra``
   (``uri`` is set by the server);
 - ``inputs``, ``outputs``, ``platform``, ``versions``: descriptive only.
 
 ``name`` is ignored (the server names models), keys starting with ``_`` are
-dropped, and any other key refuses the artifact.
+dropped, and any other key refuses the artifact, as does a file over
+``MAX_SETTINGS_BYTES`` (it is read in the server).
 """
 
-import importlib.util
 import json
+import os
 from typing import List
 
 from .errors import BrokenModel
 
 XGBOOST_RUNTIME = "mlserver_mme.runtimes.xgboost.XGBoostModel"
 OWN_SETTINGS = "model-settings.json"
-
-# MLServer's runtimes that read model files as data, by the module that must be installed.
-_DATA_RUNTIMES = {
-    "mlserver_xgboost": "mlserver_xgboost.XGBoostModel",
-    "mlserver_lightgbm": "mlserver_lightgbm.LightGBMModel",
-}
-_PICKLE_RUNTIMES = {"mlserver_sklearn": "mlserver_sklearn.SKLearnModel"}  # joblib files are pickles
+MAX_SETTINGS_BYTES = 64 * 1024
 
 _KEPT = {"implementation", "parameters", "inputs", "outputs", "platform", "versions"}
 _IGNORED = {"name"}
@@ -39,18 +36,15 @@ _KEPT_PARAMETERS = {"version", "format", "content_type", "extra"}
 _IGNORED_PARAMETERS = {"uri"}
 
 
-def default_allowed_runtimes(allow_pickle: bool) -> List[str]:
-    """This package's runtime and MLServer's data-only runtimes that are installed."""
-    candidates = {**_DATA_RUNTIMES, **(_PICKLE_RUNTIMES if allow_pickle else {})}
-    installed = [runtime for module, runtime in candidates.items() if importlib.util.find_spec(module)]
-    return [XGBOOST_RUNTIME, *installed]
-
-
 def read_declared(path: str, target: str, allowed: List[str]) -> dict:
     """The settings an artifact declares, reduced to what it may set; raises BrokenModel."""
+    if os.path.getsize(path) > MAX_SETTINGS_BYTES:  # read in the server: keep it small
+        raise BrokenModel(f"The {OWN_SETTINGS} of '{target}' is larger than {MAX_SETTINGS_BYTES} bytes")
     try:
         with open(path, "rb") as file:
             declared = json.load(file)
+    except RecursionError:
+        raise BrokenModel(f"The {OWN_SETTINGS} of '{target}' is nested too deeply") from None
     except ValueError as error:
         raise BrokenModel(f"The {OWN_SETTINGS} of '{target}' is not valid: {error}") from None
     if not isinstance(declared, dict):

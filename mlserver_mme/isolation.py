@@ -43,8 +43,6 @@ class IsolatedFailure(Exception):
 MAX_ANSWER_BYTES = 64 * 1024
 
 _context = multiprocessing.get_context("forkserver")
-# Each child may take its memory limit: as many at once as there are CPUs, the rest wait their turn.
-_slots = threading.BoundedSemaphore(os.cpu_count() or 1)
 
 
 def start(preload: list) -> None:
@@ -53,7 +51,7 @@ def start(preload: list) -> None:
     ``"__main__"`` in ``preload`` imports the main script once in the fork server;
     without it every child would import it again.
     """
-    _context.set_forkserver_preload(preload)
+    _context.set_forkserver_preload([*preload, __name__])  # children then import nothing from disk
     threading.Thread(target=_warm_up, name="isolation-warm-up", daemon=True).start()
 
 
@@ -63,11 +61,6 @@ def run(check: Callable[..., Any], *args, limits: Limits) -> Any:
     ``check`` must be importable (it is pickled by reference), return a JSON
     value and raise an exception whose message says what is wrong with the input.
     """
-    with _slots:
-        return _run_child(check, args, limits)
-
-
-def _run_child(check: Callable[..., Any], args: tuple, limits: Limits) -> Any:
     receiver, sender = _context.Pipe(duplex=False)
     process = _context.Process(target=_child, args=(sender, limits, check, args), daemon=True)
     process.start()

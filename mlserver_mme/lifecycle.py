@@ -214,7 +214,7 @@ class ModelLifecycle:
 
     async def _check_and_load(self, model_name: str, name: str, settings) -> Entry:
         """A hosted folder was unpacked by SageMaker, not by our cache: check it before loading it."""
-        await asyncio.to_thread(self.repository.check_folder, model_name, settings.parameters.uri)
+        await self.repository.check_folder(model_name, settings.parameters.uri)
         return await self._load_into_registry(model_name, name, settings)
 
     def hosted(self) -> Dict[str, Entry]:

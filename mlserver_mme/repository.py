@@ -29,7 +29,7 @@ from mlserver.settings import ModelParameters, ModelSettings
 from . import isolation, mlserver_internals
 from .cache import ArtifactCache
 from .config import comma_list, load_settings, preload_targets
-from .declared_settings import OWN_SETTINGS, XGBOOST_RUNTIME, default_allowed_runtimes, read_declared
+from .declared_settings import OWN_SETTINGS, XGBOOST_RUNTIME, read_declared
 from .errors import BrokenModel, StorageUnavailable
 from .memory import parse_size
 from .metrics import metrics
@@ -58,14 +58,11 @@ class MMERepository(SchemalessModelRepository):
         super().__init__(root)
         self.settings = load_settings(root, **settings_args)
         self.store = open_store(self.settings.model_prefix)
-        self.allowed_runtimes = (
-            comma_list(self.settings.allowed_runtimes)
-            if self.settings.allowed_runtimes is not None
-            else default_allowed_runtimes(self.settings.allow_pickle)
-        )
+        self.allowed_runtimes = comma_list(self.settings.allowed_runtimes)
         memory = parse_size(self.settings.validation_memory)
         seconds = self.settings.validation_seconds
         self.check_limits = isolation.Limits(memory_bytes=memory, cpu_seconds=seconds, wall_seconds=2.0 * seconds)
+        self._check_slots = asyncio.Semaphore(os.cpu_count() or 1)  # each check may take its memory limit
         # The fork server imports, once and in the background, the XGBoost check and what the main
         # script imports: each check child runs `mlserver`'s script again (Python before 3.13 ignores
         # "__main__" in a fork server's preload list, CPython issue 126631), so it must find
@@ -120,13 +117,19 @@ class MMERepository(SchemalessModelRepository):
         artifact = await self.cache.fetch(target)
         return self.settings_for_folder(target, artifact.folder, v2_name(target), etag=artifact.etag)
 
-    def check_folder(self, target: str, folder: str) -> None:
-        """Refuse an unpacked artifact that may not or cannot be served (BrokenModel); blocks.
+    async def check_folder(self, target: str, folder: str) -> None:
+        """Refuse an unpacked artifact that may not or cannot be served (BrokenModel).
 
         Runs before an artifact is published to the cache, and before a hosted model is loaded.
         The declared runtime must be allowed; an XGBoost model must load and predict in an
         isolated child (``isolation``), since a malformed file can crash the process parsing it.
+        Checks wait for one of ``check_slots`` before they take a thread, so checks queued behind
+        slow ones hold no thread that downloads and loads need.
         """
+        async with self._check_slots:
+            await asyncio.to_thread(self._check_folder, target, folder)
+
+    def _check_folder(self, target: str, folder: str) -> None:
         declared = self._declared(target, folder)
         if declared is not None and declared["implementation"] != XGBOOST_RUNTIME:
             return  # an allowed runtime reads its own files

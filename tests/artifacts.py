@@ -235,3 +235,14 @@ def pax_tar(records: bytes, type=tarfile.XHDTYPE) -> bytes:
     padding = b"\0" * (-len(records) % tarfile.BLOCKSIZE)
     end = b"\0" * 2 * tarfile.BLOCKSIZE
     return gzip.compress(pax + records + padding + tar_member("m").tobuf(tarfile.USTAR_FORMAT) + end)
+
+
+def many_class_model(classes: int) -> bytes:
+    """A two-tree softprob model (3 features) whose header claims ``classes`` classes: each row predicts that many."""
+    rng = np.random.default_rng(0)
+    features, labels = rng.random((50, 3), dtype=np.float32), rng.integers(0, 2, 50)
+    model = xgb.train({"objective": "multi:softprob", "num_class": 2, "max_depth": 1}, xgb.DMatrix(features, labels), 1)
+    saved = json.loads(bytes(model.save_raw("json")))
+    saved["learner"]["learner_model_param"]["num_class"] = str(classes)
+    saved["learner"]["objective"]["softmax_multiclass_param"]["num_class"] = str(classes)
+    return json.dumps(saved).encode()

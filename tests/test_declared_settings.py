@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from mlserver_mme.declared_settings import XGBOOST_RUNTIME, default_allowed_runtimes, read_declared
+from mlserver_mme.config import MMESettings, comma_list
+from mlserver_mme.declared_settings import MAX_SETTINGS_BYTES, XGBOOST_RUNTIME, read_declared
 from mlserver_mme.errors import BrokenModel
 
 ALLOWED = [XGBOOST_RUNTIME, "doubler.Doubler"]
@@ -63,6 +64,16 @@ def test_invalid_files_are_refused(tmp_path, text):
         declared(tmp_path, text)
 
 
-def test_default_allows_this_package_and_no_pickling_runtime_without_allow_pickle():
-    assert default_allowed_runtimes(allow_pickle=False)[0] == XGBOOST_RUNTIME
-    assert "mlserver_sklearn.SKLearnModel" not in default_allowed_runtimes(allow_pickle=False)
+def test_by_default_only_the_checked_xgboost_runtime_is_allowed():
+    assert comma_list(MMESettings().allowed_runtimes) == [XGBOOST_RUNTIME]
+
+
+def test_a_settings_file_over_the_size_limit_is_refused_unread(tmp_path):
+    padding = "x" * MAX_SETTINGS_BYTES
+    with pytest.raises(BrokenModel, match=f"larger than {MAX_SETTINGS_BYTES} bytes"):
+        declared(tmp_path, {"implementation": "doubler.Doubler", "parameters": {"extra": {"pad": padding}}})
+
+
+def test_a_settings_file_nested_too_deeply_is_refused(tmp_path):
+    with pytest.raises(BrokenModel, match="nested too deeply"):
+        declared(tmp_path, "[" * 30_000 + "]" * 30_000)

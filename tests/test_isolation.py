@@ -92,7 +92,7 @@ def test_an_answer_over_the_bound_is_refused_unread():
         isolation.run(huge_answer, limits=LIMITS)
 
 
-def test_concurrent_checks_wait_for_a_slot():
+def test_concurrent_checks_each_get_their_own_answer():
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(8) as pool:

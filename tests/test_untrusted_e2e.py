@@ -14,6 +14,7 @@ from artifacts import (
     example_bytes,
     header_bomb,
     legacy_model_bytes,
+    many_class_model,
     path_max_escape,
     tar_bytes,
     tar_member,
@@ -21,6 +22,7 @@ from artifacts import (
     ubj_allocation_bomb,
 )
 from conftest import BUCKET
+from clients import invoke
 from test_lifecycle_e2e import call
 
 from mlserver_mme.memory import process_tree_memory as process_memory
@@ -161,3 +163,12 @@ def test_a_header_bomb_is_refused_without_taking_memory(prefix, start_server):
     before = process_memory(server.process.pid)
     model_error(call(server, "bomb.tar.gz"), 500, "unsafe archive member")
     assert process_memory(server.process.pid) - before < 50 * 1024 * 1024
+
+
+def test_a_many_class_model_cannot_multiply_a_small_body_into_a_huge_answer(prefix, start_server):
+    prefix.put("classes.tar.gz", tar_bytes({"xgboost-model": many_class_model(100_000)}))
+    server = start_server()
+    one_row = invoke(server, "classes.tar.gz", b"1,2,3\n")
+    assert one_row.status_code == 200, one_row.text
+    assert len(one_row.json()[0]) == 100_000
+    model_error(invoke(server, "classes.tar.gz", b"1,2,3\n" * 11), 400, "more than 1000000 values")

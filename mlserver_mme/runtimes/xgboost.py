@@ -19,9 +19,10 @@ from mlserver.codecs import NumpyRequestCodec
 from mlserver.types import InferenceRequest, InferenceResponse
 
 from ..errors import BadPayload, BrokenModel, describe
-from ..payloads import Features
+from ..payloads import MAX_ROWS, Features
 
 PREFERRED_FILES = ("xgboost-model", "model.json", "model.ubj", "model.bst")
+MAX_PREDICTIONS = MAX_ROWS  # values in one answer: a million rows of one prediction each
 
 
 def find_model_file(folder: str) -> str:
@@ -78,6 +79,12 @@ def load_booster(path: str, allow_pickle: bool, nthread: int) -> xgb.Booster:
     # xgboost sets up its predictor on the first prediction: do it here, off the event loop.
     booster.inplace_predict(np.zeros((1, booster.num_features()), dtype=np.float32))
     return booster
+
+
+def outputs_per_row(booster: xgb.Booster) -> int:
+    """Values predicted per row: classes of a multi-class model, targets of a multi-target one."""
+    parameters = json.loads(booster.save_config())["learner"]["learner_model_param"]
+    return max(1, int(parameters.get("num_class", 0)), int(parameters.get("num_target", 1)))
 
 
 def check_model_file(path: str, allow_pickle: bool) -> None:
@@ -158,10 +165,17 @@ class XGBoostModel(MLModel):
             load_booster, path, bool(options.get("allow_pickle", False)), int(options.get("nthread", 1))
         )
         self._num_features = self._booster.num_features()
+        self._outputs = outputs_per_row(self._booster)
         return True
 
     def predict_features(self, features: Features) -> np.ndarray:
         """Predictions for a matrix of feature rows, exactly as ``Booster.predict`` gives them."""
+        if features.shape[0] * self._outputs > MAX_PREDICTIONS:
+            # a model with many classes multiplies a small body into a huge answer
+            raise BadPayload(
+                f"the answer would hold {features.shape[0]} rows of {self._outputs} values, more than "
+                f"{MAX_PREDICTIONS} values: send fewer rows"
+            )
         if features.shape[1] > self._num_features:
             raise BadPayload(
                 f"the model takes {self._num_features} features but a row has {features.shape[1]}"
