@@ -6,6 +6,11 @@ read from ``/proc``: the pages workers share with each other count once. RSS is
 read from ``statm`` in microseconds; PSS needs ``smaps_rollup``, which takes
 milliseconds in a process that maps numpy, scipy and xgboost, so it is only read
 for workers (none with ``parallel_workers: 0``).
+
+The load checks' fork server and multiprocessing's resource tracker
+(``isolation.py``) are not counted: they hold no model, their memory is fixed
+(about 120 MiB of PSS together), and the fork server's PSS swings by tens of MiB
+as check children share its pages and exit, which would blur each load's growth.
 """
 
 import ctypes
@@ -13,6 +18,8 @@ import os
 import re
 from typing import Iterator, Optional
 
+# How isolation.py's helpers are started: python -c 'from multiprocessing.<module> import main; ...'
+_CHECK_HELPERS = (b"multiprocessing.forkserver import", b"multiprocessing.resource_tracker import")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
           "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
@@ -59,8 +66,19 @@ def _descendants(pid: int) -> Iterator[int]:
     except OSError:
         children = []
     for child in children:
+        if _is_check_helper(child):
+            continue  # and its children: the checks themselves
         yield child
         yield from _descendants(child)
+
+
+def _is_check_helper(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            command = file.read()
+    except OSError:
+        return False
+    return any(helper in command for helper in _CHECK_HELPERS)
 
 
 def _rss(pid: int) -> int:

@@ -97,3 +97,13 @@ def test_concurrent_checks_each_get_their_own_answer():
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(lambda n: isolation.run(answer, n, limits=LIMITS), range(8))) == [2 * n for n in range(8)]
+
+
+def test_the_fork_server_is_not_counted_as_the_servers_memory():
+    from mlserver_mme import memory
+
+    isolation.run(answer, 1, limits=LIMITS)  # the fork server runs
+    children = [int(pid) for task in os.listdir(f"/proc/{os.getpid()}/task")
+                for pid in open(f"/proc/{os.getpid()}/task/{task}/children").read().split()]
+    assert any(memory._is_check_helper(child) for child in children)
+    assert not any(memory._is_check_helper(pid) for pid in memory._descendants(os.getpid()))
