@@ -42,6 +42,7 @@ from .errors import (
 from .hosting import HostingRoutes, hosting_error
 from .lifecycle import ModelLifecycle
 from .naming import InvalidTargetModel, target_of, validate_target
+from .offload import BatchPool, is_batch
 from .payloads import Features, decode, encode, negotiate
 from .repository import serving_repository
 from .runtimes.xgboost import XGBoostModel
@@ -81,6 +82,7 @@ class SageMakerRoutes:
         keys = sigv4_keys(settings)
         self.verifier = SigV4Verifier(keys) if keys else None
         self.admin_token = settings.admin_token.encode() if settings.admin_token else None
+        self.batches = BatchPool()
         self.hosting = None
         if settings.sagemaker_multi_model:
             self.hosting = HostingRoutes(lifecycle, comma_list(settings.hosting_roots), self.invoke)
@@ -174,41 +176,45 @@ class SageMakerRoutes:
                 except InvalidTargetModel as error:
                     raise InvalidTarget(f"Invalid target model '{target[:100]}': {error}.") from None
             response_kind = negotiate(header(headers, b"accept"))
-            features = decode(body, header(headers, b"content-type"))
+            work = self.batches.run if is_batch(body) else _inline
+            features = await work(decode, body, header(headers, b"content-type"))
             if hosted_model is None:
                 entry = await self.lifecycle.acquire(target)
             else:
                 # The hosting contract names the model in the path (SageMaker forwards TargetModel as is).
                 entry = self.lifecycle.acquire_hosted(hosted_model)
-            await self._answer(send, entry, features, response_kind, request_id)
+            try:
+                if isinstance(entry.model, XGBoostModel):
+                    predictions = await work(entry.model.predict_features, features)
+                else:
+                    predictions = await _predict_with_runtime(entry.model, features)
+            finally:
+                self.lifecycle.release(entry)
+            content, content_type = await work(encode, predictions, response_kind)
+            await respond(
+                send,
+                200,
+                content,
+                [
+                    (b"content-type", content_type.encode()),
+                    (b"x-amzn-invoked-production-variant", self.variant),
+                    (b"x-amzn-requestid", request_id.encode()),
+                ],
+            )
         except MMEError as error:
             await answer_error(send, error, request_id)
         except Exception:
             logger.exception("request %s failed", request_id)
             await answer_error(send, MMEError("An internal error occurred."), request_id)
 
-    async def _answer(self, send, entry, features: Features, response_kind: str, request_id: str) -> None:
-        try:
-            predictions = await _predict(entry.model, features)
-        finally:
-            self.lifecycle.release(entry)
-        content, content_type = encode(predictions, response_kind)
-        await respond(
-            send,
-            200,
-            content,
-            [
-                (b"content-type", content_type.encode()),
-                (b"x-amzn-invoked-production-variant", self.variant),
-                (b"x-amzn-requestid", request_id.encode()),
-            ],
-        )
+
+async def _inline(function, *args):
+    """``BatchPool.run``'s twin for small requests: the work, right on the loop."""
+    return function(*args)
 
 
-async def _predict(model: MLModel, features: Features) -> np.ndarray:
-    if isinstance(model, XGBoostModel):
-        return model.predict_features(features)
-    # Any other runtime: one dense float tensor in, its first output back.
+async def _predict_with_runtime(model: MLModel, features: Features) -> np.ndarray:
+    """Any runtime but ours: one dense float tensor in, its first output back."""
     if scipy.sparse.issparse(features):
         features = features.toarray()
     try:

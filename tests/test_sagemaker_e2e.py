@@ -97,6 +97,35 @@ def test_request_content_types(sagemaker, content_type, body):
     assert json.loads(answer) == EXPECTED["predictions"]["LosAngeles_CA.tar.gz"]
 
 
+BATCH_ROWS = np.random.default_rng(7).normal([1995, 3000, 4, 2, 1, 1.5], [10, 750, 1, 0.5, 0.25, 1], (20_000, 6)).round(2)
+
+
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        ("text/csv", "".join(",".join(map(str, row)) + "\n" for row in BATCH_ROWS.tolist()).encode()),
+        ("application/json", json.dumps(BATCH_ROWS.tolist()).encode()),
+        ("application/x-npy", _npy(BATCH_ROWS)),
+        ("text/libsvm", _libsvm(BATCH_ROWS.tolist())),
+        ("application/x-recordio-protobuf", dense_records(BATCH_ROWS.astype(np.float32))),
+    ],
+)
+def test_batches_worked_off_the_event_loop_predict_as_xgboost(sagemaker, content_type, body):
+    assert len(body) > 64 * 1024  # over the inline threshold: decoded, predicted and encoded in the batch pool
+    for accept in ("application/json", "text/csv"):
+        reply, answer = invoke(sagemaker, "Houston_TX.tar.gz", body=body, ContentType=content_type, Accept=accept)
+        values = json.loads(answer) if accept == "application/json" else [float(v) for v in answer.split(b",")]
+        assert values == predict(legacy_model_bytes("Houston_TX.tar.gz"), BATCH_ROWS.astype(np.float32))
+
+
+def test_a_bad_batch_is_the_callers_fault(server):
+    body = b"1995,3000,3,2,1.0,2\n" * 5000 + b"1995,abc,3,2,1.0,2\n"
+    reply = httpx.post(server.url + "/invocations", content=body,
+                       headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": "Houston_TX.tar.gz"})
+    assert reply.status_code == 424
+    assert reply.json()["OriginalStatusCode"] == 400
+
+
 def test_libsvm_is_the_default_without_content_type(server):
     reply = httpx.post(
         server.url + "/invocations",
