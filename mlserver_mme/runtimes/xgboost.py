@@ -12,7 +12,10 @@ import json
 import os
 import pickle
 
+from typing import Optional
+
 import numpy as np
+import treelite
 import xgboost as xgb
 from mlserver import MLModel
 from mlserver.codecs import NumpyRequestCodec
@@ -20,9 +23,12 @@ from mlserver.types import InferenceRequest, InferenceResponse
 
 from ..errors import BadPayload, BrokenModel, describe
 from ..payloads import MAX_ROWS, Features
+from .gtil import Predictor, exact_gtil
 
 PREFERRED_FILES = ("xgboost-model", "model.json", "model.ubj", "model.bst")
 MAX_PREDICTIONS = MAX_ROWS  # values in one answer: a million rows of one prediction each
+MAX_GTIL_MODEL_BYTES = 16 * 1024 * 1024
+MAX_GTIL_OUTPUTS = 256
 
 
 def find_model_file(folder: str) -> str:
@@ -81,6 +87,19 @@ def load_booster(path: str, allow_pickle: bool, nthread: int) -> xgb.Booster:
     return booster
 
 
+def _gtil_for(booster: xgb.Booster, path: str, nthread: int, model: Optional[dict] = None) -> Optional[Predictor]:
+    """GTIL when it predicts exactly as ``booster`` (see ``gtil.py``), else None.
+
+    ``model`` is the booster's JSON model if already at hand. Models over
+    ``MAX_GTIL_MODEL_BYTES`` or ``MAX_GTIL_OUTPUTS`` values per row keep
+    ``inplace_predict``: a cheaper call gains them little, and the probe costs more.
+    """
+    if os.path.getsize(path) > MAX_GTIL_MODEL_BYTES or outputs_per_row(booster) > MAX_GTIL_OUTPUTS:
+        return None
+    model = model or json.loads(bytes(booster.save_raw("json")))
+    return exact_gtil(booster, _trees(model), nthread)
+
+
 def outputs_per_row(booster: xgb.Booster) -> int:
     """Values predicted per row: classes of a multi-class model, targets of a multi-target one."""
     parameters = json.loads(booster.save_config())["learner"]["learner_model_param"]
@@ -97,10 +116,12 @@ def check_model_file(path: str, allow_pickle: bool) -> None:
     and then predicted on, with values and with missing values.
     """
     booster = load_booster(path, allow_pickle, nthread=1)
-    _check_structure(json.loads(bytes(booster.save_raw("json"))))
+    model = json.loads(bytes(booster.save_raw("json")))
+    _check_structure(model)
     width = booster.num_features()
     booster.inplace_predict(np.full((1, width), np.nan, dtype=np.float32))
     booster.inplace_predict(np.ones((1, width), dtype=np.float32))
+    _gtil_for(booster, path, 1, model)  # as the server's load does next: Treelite's parsing included
 
 
 def _check_structure(model: dict) -> None:
@@ -108,19 +129,28 @@ def _check_structure(model: dict) -> None:
     num_feature = int(learner["learner_model_param"]["num_feature"])
     outputs = max(1, int(learner["learner_model_param"].get("num_class", 0)),
                   int(learner["learner_model_param"].get("num_target", 1)))
-    booster = learner["gradient_booster"]
-    if booster["name"] == "dart":
-        booster = booster["gbtree"]
-    elif booster["name"] != "gbtree":
+    trees = _trees(model)
+    if not trees:
         return  # gblinear: a weight vector, no trees to walk
-    trees = booster["model"]["trees"]
-    tree_info = booster["model"].get("tree_info", [])
+    tree_info = _tree_model(model)["tree_info"]
     if len(tree_info) != len(trees) or any(not 0 <= group < outputs for group in tree_info):
         raise BrokenModel("the model's tree groups do not match its outputs")
     for number, tree in enumerate(trees):
         problem = _tree_problem(tree, num_feature)
         if problem:
             raise BrokenModel(f"tree {number} of the model is malformed: {problem}")
+
+
+def _tree_model(model: dict) -> dict:
+    """The ``model`` of a JSON model's tree booster (``{}`` for gblinear)."""
+    booster = model["learner"]["gradient_booster"]
+    if booster["name"] == "dart":
+        booster = booster["gbtree"]
+    return booster["model"] if booster["name"] == "gbtree" else {}
+
+
+def _trees(model: dict) -> list:
+    return _tree_model(model).get("trees", [])
 
 
 def _tree_problem(tree: dict, num_feature: int) -> str:
@@ -161,11 +191,11 @@ class XGBoostModel(MLModel):
         options = parameters.extra or {}
         path = find_model_file(parameters.uri)
         # Reading and parsing a model takes milliseconds to seconds: keep it off the event loop.
-        self._booster = await asyncio.to_thread(
-            load_booster, path, bool(options.get("allow_pickle", False)), int(options.get("nthread", 1))
-        )
+        nthread = int(options.get("nthread", 1))
+        self._booster = await asyncio.to_thread(load_booster, path, bool(options.get("allow_pickle", False)), nthread)
         self._num_features = self._booster.num_features()
         self._outputs = outputs_per_row(self._booster)
+        self._gtil = await asyncio.to_thread(_gtil_for, self._booster, path, nthread)
         return True
 
     def predict_features(self, features: Features) -> np.ndarray:
@@ -187,8 +217,10 @@ class XGBoostModel(MLModel):
                 )
             features.resize((features.shape[0], self._num_features))  # libsvm: trailing features absent
         try:
+            if self._gtil is not None:
+                return self._gtil(features)
             return self._booster.inplace_predict(features, validate_features=False)
-        except xgb.core.XGBoostError as error:
+        except (xgb.core.XGBoostError, treelite.TreeliteError) as error:
             raise BadPayload(f"XGBoost rejected the input: {describe(error)}") from None
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
@@ -203,5 +235,5 @@ class XGBoostModel(MLModel):
         return self.encode_response(predictions, default_codec=NumpyRequestCodec)
 
     async def unload(self) -> bool:
-        self._booster = None
+        self._booster = self._gtil = None
         return True
