@@ -3,7 +3,8 @@
 ``Booster.inplace_predict`` costs about 140 µs per call on this project's
 development machine whatever the model, most of it fixed overhead (a JSON
 configuration built and parsed, a proxy matrix made); Treelite's General Tree
-Inference Library walks the same trees in about 25 µs. Answers must stay exactly
+Inference Library walks the same trees in about 25 µs, though about 5x slower
+per row, so it serves small requests only (the runtime's ``GTIL_MAX_ROWS``). Answers must stay exactly
 what XGBoost computes, so GTIL is used for a model only when it gives XGBoost's
 predictions bit for bit on a probe: rows made of every feature's split thresholds,
 the floats just beside them and missing values (dense and sparse), which drive
