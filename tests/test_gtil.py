@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import scipy.sparse
-import treelite.gtil
 from artifacts import EXPECTED, ROWS, booster, example_targets
 
 from mlserver_mme.runtimes import gtil
@@ -37,8 +36,8 @@ def test_sagemakers_legacy_models_are_served_by_gtil_bit_for_bit(target):
 
 def test_a_model_gtil_predicts_one_bit_apart_keeps_xgboost(monkeypatch):
     model = booster()
-    real = treelite.gtil.predict
-    monkeypatch.setattr(treelite.gtil, "predict", lambda *a, **k: np.nextafter(real(*a, **k), np.float32(np.inf)))
+    real = gtil._predict_with
+    monkeypatch.setattr(gtil, "_predict_with", lambda *a: np.nextafter(real(*a), np.float32(np.inf)))
     assert gtil.exact_gtil(model, trees_of(model), nthread=1) is None
 
 

@@ -19,6 +19,11 @@ import numpy as np
 import scipy.sparse
 import treelite
 import treelite.gtil
+from treelite.gtil.gtil import GTILConfig
+
+# treelite.gtil.predict builds and parses a JSON configuration on every call (~8 us of ~30); its
+# implementation takes a parsed one. Private to Treelite 4 (pinned <5); the public call otherwise.
+_predict_impl = getattr(treelite.gtil.gtil, "_predict_impl", None)
 
 PROBE_ROWS = 256
 THRESHOLDS_PER_FEATURE = 64
@@ -35,19 +40,29 @@ def exact_gtil(booster, trees: list, nthread: int) -> Optional[Predictor]:
         model = treelite.frontend.from_xgboost(booster)
     except treelite.TreeliteError:
         return None  # a model Treelite does not read (gblinear, multi-target trees)
+    config = GTILConfig(predict_type="default", nthread=nthread)  # parsed once, not per call
     probe = _probe(trees, booster.num_features())
-    for rows in (probe, scipy.sparse.csr_matrix(np.nan_to_num(probe, nan=0.0))):
-        expected = booster.inplace_predict(rows, validate_features=False)
-        got = treelite.gtil.predict(model, rows, nthread=nthread)
-        if got.size != expected.size or not np.array_equal(got.reshape(expected.shape), expected, equal_nan=True):
-            return None
-    row_shape = expected.shape[1:]
+    row_shape = booster.inplace_predict(probe[:1], validate_features=False).shape[1:]
 
     def predict(features):
         rows = features.astype(np.float32, copy=False)  # what XGBoost compares: float32 values
-        return treelite.gtil.predict(model, rows, nthread=nthread).reshape((features.shape[0], *row_shape))
+        return _predict_with(model, rows, config).reshape((features.shape[0], *row_shape))
 
+    for rows in (probe, scipy.sparse.csr_matrix(np.nan_to_num(probe, nan=0.0))):
+        expected = booster.inplace_predict(rows, validate_features=False)
+        try:
+            got = predict(rows)
+        except (treelite.TreeliteError, ValueError):  # an output shape GTIL does not share with XGBoost
+            return None
+        if not np.array_equal(got, expected, equal_nan=True):
+            return None
     return predict
+
+
+def _predict_with(model, rows: np.ndarray, config: GTILConfig) -> np.ndarray:
+    if _predict_impl is None:
+        return treelite.gtil.predict(model, rows, nthread=config.nthread)
+    return _predict_impl(model, rows, config=config)
 
 
 def _probe(trees: list, num_features: int) -> np.ndarray:
