@@ -31,6 +31,7 @@ from .lifecycle import ModelLifecycle
 
 PAGE_SIZE = 100
 MAX_LOAD_REQUEST_BYTES = 64 * 1024
+MAX_NAME_LENGTH = 1024
 
 
 def hosting_status(error: MMEError) -> int:
@@ -97,6 +98,11 @@ class HostingRoutes:
         name, url = request.get("model_name"), request.get("url")
         if not isinstance(name, str) or not name or not isinstance(url, str) or not url:
             return await respond_json(send, 400, {"message": "model_name and url are required."})
+        if not all(len(text) <= MAX_NAME_LENGTH and text.isprintable() for text in (name, url)):
+            # no NUL, control character or lone surrogate reaches a path or a model name
+            return await respond_json(
+                send, 400, {"message": f"model_name and url must be printable and at most {MAX_NAME_LENGTH} characters."}
+            )
         folder = os.path.realpath(url)
         if not any(os.path.commonpath([folder, root]) == root for root in self.roots):
             return await respond_json(send, 400, {"message": f"url '{url}' is outside the allowed roots {self.roots}."})

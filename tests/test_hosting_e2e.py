@@ -179,3 +179,17 @@ def test_a_hosted_model_that_crashes_xgboost_is_refused_and_the_container_lives(
     assert "failed its load check" in reply.json()["message"]
     assert hosting.process.poll() is None
     assert httpx.get(hosting.url + "/ping").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model_name": "\\ud800", "url": "/opt/ml/models/x"}',
+        b'{"model_name": "m", "url": "/opt/ml/models/x\\u0000y"}',
+        b'{"model_name": "' + b"m" * 1025 + b'", "url": "/opt/ml/models/x"}',
+    ],
+)
+def test_unprintable_or_overlong_names_are_refused(hosting, body):
+    reply = httpx.post(hosting.url + "/models", content=body, headers={"Content-Type": "application/json"})
+    assert reply.status_code == 400, reply.text
+    assert "printable" in reply.json()["message"]
