@@ -10,15 +10,22 @@ Only the few protobuf wire rules these messages use are implemented here.
 Bodies are hostile: every malformed input raises ``ValueError`` (or ``struct.error``),
 and what is kept while reading stays proportional to the values read: at most
 ``max_records`` records, only the fields read are kept, varints of at most 64 bits.
+
+``decode_dense`` walks the records one by one in Python (~7 µs each). A matrix written
+by the SDK is records of one layout, the same bytes but for the values: for such a
+body, ``decode_same_layout`` reads the first record that way, checks with numpy that
+every record has the bytes the SDK writes around its values, and slices all the
+values out at once.
 """
 
 import array
 import struct
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
 
 # Field numbers of SageMaker's record.proto.
 RECORD_FEATURES = 1
@@ -40,6 +47,55 @@ def decode_dense(body: bytes, max_records: int) -> np.ndarray:
     if any(len(row) != len(rows[0]) for row in rows):
         raise ValueError("records have different lengths")
     return np.vstack(rows)
+
+
+def decode_same_layout(body: bytes, max_records: int) -> Optional[np.ndarray]:
+    """What ``decode_dense`` reads from a body of records laid out as the SDK writes a float32 or float64
+    matrix (``None`` for any other body): the same result, read without a Python step per record."""
+    if len(body) < 8 or body[:4] != _MAGIC_BYTES:
+        return None
+    (length,) = struct.unpack_from("<I", body, 4)
+    try:
+        first = _record_row(body[8 : 8 + length])
+    except (ValueError, struct.error):
+        return None
+    kind = VALUE_FLOAT32 if first.dtype == np.float32 else VALUE_FLOAT64  # an Int32Tensor's layout differs below
+    values = first.size * first.dtype.itemsize
+    head = _dense_frame_head(kind, values)
+    size = len(head) + values + (-(len(head) - 8 + values) % 4)  # a frame: head, values, zeros to 4 bytes
+    if len(body) % size:
+        return None
+    frames = np.frombuffer(body, dtype=np.uint8).reshape(-1, size)
+    if (frames[:, : len(head)] != np.frombuffer(head, dtype=np.uint8)).any() or frames[:, len(head) + values :].any():
+        return None
+    if len(frames) > max_records:
+        raise ValueError(f"more than {max_records} records")
+    packed = np.ascontiguousarray(frames[:, len(head) : len(head) + values])
+    return packed.view(first.dtype.newbyteorder("<")).astype(first.dtype, copy=False)
+
+
+def _dense_frame_head(kind: int, values: int) -> bytes:
+    """The bytes of a frame before its values: the frame header, then the record's features map holding
+    'values', a Float32Tensor (kind 2) or Float64Tensor (3) of packed values, as protobuf serialises it."""
+    tensor = _length_prefix(TENSOR_VALUES, values)
+    value = _length_prefix(kind, len(tensor) + values) + tensor
+    entry = _length_prefix(1, 6) + b"values" + _length_prefix(2, len(value) + values) + value
+    record = _length_prefix(RECORD_FEATURES, len(entry) + values) + entry
+    return struct.pack("<II", MAGIC, len(record) + values) + record
+
+
+def _length_prefix(number: int, length: int) -> bytes:
+    """The key and length of a length-delimited protobuf field."""
+    return _varint_bytes(number << 3 | _LENGTH) + _varint_bytes(length)
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _frames(body: bytes) -> Iterator[bytes]:
