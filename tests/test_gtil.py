@@ -36,9 +36,28 @@ def test_sagemakers_legacy_models_are_served_by_gtil_bit_for_bit(target):
 
 def test_a_model_gtil_predicts_one_bit_apart_keeps_xgboost(monkeypatch):
     model = booster()
-    real = gtil._predict_with
-    monkeypatch.setattr(gtil, "_predict_with", lambda *a: np.nextafter(real(*a), np.float32(np.inf)))
+    real = gtil._dense_call
+
+    def one_bit_up(*args):
+        call = real(*args)
+        return lambda rows: np.nextafter(call(rows), np.float32(np.inf))
+
+    monkeypatch.setattr(gtil, "_dense_call", one_bit_up)
     assert gtil.exact_gtil(model, trees_of(model), nthread=1) is None
+
+
+def test_dense_rows_go_straight_to_treelites_c_function():
+    model = booster()
+    from treelite.gtil.gtil import GTILConfig
+    import treelite
+
+    tree_model = treelite.frontend.from_xgboost(model)
+    call = gtil._dense_call(tree_model, GTILConfig(predict_type="default", nthread=1), ())
+    assert call is not None
+    rows = random_rows(1000)
+    assert np.array_equal(call(rows), model.inplace_predict(rows))
+    with pytest.raises(ValueError, match="the model takes 6"):
+        call(rows[:, :5].copy())
 
 
 def test_the_probe_sits_on_and_beside_every_threshold():

@@ -13,17 +13,21 @@ pass; models where the two differ in the last bit (some saved by recent XGBoost
 versions) keep ``inplace_predict``.
 """
 
+import ctypes
 from typing import Callable, Optional
 
 import numpy as np
 import scipy.sparse
 import treelite
+import treelite.core
 import treelite.gtil
 from treelite.gtil.gtil import GTILConfig
 
-# treelite.gtil.predict builds and parses a JSON configuration on every call (~8 us of ~30); its
-# implementation takes a parsed one. Private to Treelite 4 (pinned <5); the public call otherwise.
-_predict_impl = getattr(treelite.gtil.gtil, "_predict_impl", None)
+# treelite.gtil.predict builds and parses a JSON configuration and asks the model its types on every
+# call (~20 us of ~26 for one row); a dense float32 matrix goes straight to Treelite's C function
+# instead, with all of that done once. Treelite's library handle is private to Treelite 4 (pinned
+# <5): without it, the public call.
+_LIB = getattr(treelite.core, "_LIB", None)
 
 PROBE_ROWS = 256
 THRESHOLDS_PER_FEATURE = 64
@@ -44,9 +48,14 @@ def exact_gtil(booster, trees: list, nthread: int) -> Optional[Predictor]:
     probe = _probe(trees, booster.num_features())
     row_shape = booster.inplace_predict(probe[:1], validate_features=False).shape[1:]
 
+    dense = _dense_call(model, config, row_shape)
+
     def predict(features):
-        rows = features.astype(np.float32, copy=False)  # what XGBoost compares: float32 values
-        return _predict_with(model, rows, config).reshape((features.shape[0], *row_shape))
+        if dense is not None and isinstance(features, np.ndarray):
+            # what XGBoost compares: float32 values, in C order for the C call
+            return dense(np.ascontiguousarray(features, dtype=np.float32))
+        rows = features.astype(np.float32, copy=False)
+        return treelite.gtil.predict(model, rows, nthread=config.nthread).reshape((features.shape[0], *row_shape))
 
     for rows in (probe, scipy.sparse.csr_matrix(np.nan_to_num(probe, nan=0.0))):
         expected = booster.inplace_predict(rows, validate_features=False)
@@ -59,10 +68,27 @@ def exact_gtil(booster, trees: list, nthread: int) -> Optional[Predictor]:
     return predict
 
 
-def _predict_with(model, rows: np.ndarray, config: GTILConfig) -> np.ndarray:
-    if _predict_impl is None:
-        return treelite.gtil.predict(model, rows, nthread=config.nthread)
-    return _predict_impl(model, rows, config=config)
+def _dense_call(model, config: GTILConfig, row_shape: tuple) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+    """``TreeliteGTILPredict`` on a C-ordered float32 matrix of ``model.num_feature`` columns, or None."""
+    if _LIB is None or model.input_type != "float32" or model.output_type != "float32":
+        return None
+    handle, config_handle, floats = model.handle, config.handle, ctypes.POINTER(ctypes.c_float)
+    width = model.num_feature
+
+    def call(rows: np.ndarray) -> np.ndarray:
+        if rows.ndim != 2 or rows.shape[1] != width:  # the C function reads rows x width floats
+            raise ValueError(f"rows of {rows.shape[1:]} values given, the model takes {width}")
+        out = np.empty((rows.shape[0], *row_shape), dtype=np.float32)
+        status = _LIB.TreeliteGTILPredict(
+            handle, rows.ctypes.data_as(floats), b"float32", ctypes.c_uint64(rows.shape[0]),
+            out.ctypes.data_as(floats), config_handle,
+        )
+        if status != 0:
+            raise treelite.TreeliteError(_LIB.TreeliteGetLastError().decode(errors="replace"))
+        return out
+
+    call.config = config  # the parsed configuration lives as long as the call
+    return call
 
 
 def _probe(trees: list, num_features: int) -> np.ndarray:
