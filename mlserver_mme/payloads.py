@@ -312,6 +312,7 @@ def _decode_npy(body: bytes) -> np.ndarray:
     if rows * columns * dtype.itemsize > len(body) - stream.tell():
         raise BadPayload(f"the npy body is shorter than the {dtype} array of shape {shape} its header declares")
     array = np.load(io.BytesIO(body), allow_pickle=False)
+    array = array.astype(array.dtype.newbyteorder("="), copy=False)  # big-endian: XGBoost reads native order only
     return array.reshape(1, -1) if array.ndim == 1 else array
 
 

@@ -5,7 +5,12 @@ import json
 import numpy as np
 import pytest
 import scipy.sparse
+import treelite
+import treelite.gtil
+import xgboost as xgb
 from artifacts import EXPECTED, ROWS, booster, example_targets
+
+from treelite.gtil.gtil import GTILConfig
 
 from mlserver_mme.runtimes import gtil
 from mlserver_mme.runtimes.xgboost import _trees
@@ -36,26 +41,44 @@ def test_sagemakers_legacy_models_are_served_by_gtil_bit_for_bit(target):
 
 def test_a_model_gtil_predicts_one_bit_apart_keeps_xgboost(monkeypatch):
     model = booster()
-    real = gtil._dense_call
+    real = gtil._dense_per_tree
 
     def one_bit_up(*args):
         call = real(*args)
         return lambda rows: np.nextafter(call(rows), np.float32(np.inf))
 
-    monkeypatch.setattr(gtil, "_dense_call", one_bit_up)
+    monkeypatch.setattr(gtil, "_dense_per_tree", one_bit_up)
     assert gtil.exact_gtil(model, trees_of(model), nthread=1) is None
+
+
+def test_the_base_score_is_added_first_as_xgboost_does():
+    # GTIL's own sum adds a base score this small last: the last bit then differs on some rows
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(500, 4)).astype(np.float32)
+    model = xgb.train({"base_score": 1e-11, "max_depth": 3}, xgb.DMatrix(features, rng.normal(size=500)), 20)
+    model.set_param({"nthread": 1})
+    predict = gtil.exact_gtil(model, trees_of(model), nthread=1)
+    assert predict is not None
+    rows = rng.normal(size=(200_000, 4)).astype(np.float32)
+    assert np.array_equal(predict(rows), model.inplace_predict(rows))
+
+
+def test_models_whose_objective_transforms_the_sum_keep_xgboost():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, 3)).astype(np.float32)
+    for params, labels in (({"objective": "binary:logistic"}, rng.integers(0, 2, 200)),
+                           ({"objective": "multi:softmax", "num_class": 3}, rng.integers(0, 3, 200))):
+        model = xgb.train(params, xgb.DMatrix(features, labels), 3)
+        assert gtil.exact_gtil(model, trees_of(model), nthread=1) is None
 
 
 def test_dense_rows_go_straight_to_treelites_c_function():
     model = booster()
-    from treelite.gtil.gtil import GTILConfig
-    import treelite
-
     tree_model = treelite.frontend.from_xgboost(model)
-    call = gtil._dense_call(tree_model, GTILConfig(predict_type="default", nthread=1), ())
+    call = gtil._dense_per_tree(tree_model, GTILConfig(predict_type="score_per_tree", nthread=1))
     assert call is not None
     rows = random_rows(1000)
-    assert np.array_equal(call(rows), model.inplace_predict(rows))
+    assert np.array_equal(call(rows).reshape(1000, -1), treelite.gtil.predict_per_tree(tree_model, rows).reshape(1000, -1))
     with pytest.raises(ValueError, match="the model takes 6"):
         call(rows[:, :5].copy())
 

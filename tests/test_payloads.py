@@ -728,3 +728,12 @@ def test_encoded_values_are_the_old_ones(predictions, kind):
         assert _csv_values(body) == _csv_values(old)
     else:
         assert body == old  # other shapes and dtypes are written as before
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">f4", ">i4", "<f4"])
+def test_npy_in_any_byte_order_is_read_in_native_order(dtype):
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([[1.5, 2.0, 3.0]] if dtype[1] == "f" else [[1, 2, 3]], dtype=dtype))
+    decoded = decode(buffer.getvalue(), "application/x-npy")
+    assert decoded.dtype.isnative
+    assert decoded.tolist() == ([[1.5, 2.0, 3.0]] if dtype[1] == "f" else [[1, 2, 3]])

@@ -1,19 +1,24 @@
-"""Treelite's GTIL as the predictor, for XGBoost models it predicts exactly.
+"""Treelite's GTIL as the predictor of small requests, computing exactly what XGBoost computes.
 
 ``Booster.inplace_predict`` costs about 140 µs per call on this project's
 development machine whatever the model, most of it fixed overhead (a JSON
-configuration built and parsed, a proxy matrix made); Treelite's General Tree
-Inference Library walks the same trees in about 25 µs, though about 5x slower
-per row, so it serves small requests only (the runtime's ``GTIL_MAX_ROWS``). Answers must stay exactly
-what XGBoost computes, so GTIL is used for a model only when it gives XGBoost's
-predictions bit for bit on a probe: rows made of every feature's split thresholds,
-the floats just beside them and missing values (dense and sparse), which drive
-every comparison of every tree both ways. SageMaker's legacy-binary artifacts
-pass; models where the two differ in the last bit (some saved by recent XGBoost
-versions) keep ``inplace_predict``.
+configuration built and parsed, a proxy matrix made). Treelite's General Tree
+Inference Library finds the same leaves in a few microseconds, though about 5x
+slower per row, so it serves small requests only (the runtime's ``GTIL_MAX_ROWS``).
+
+Answers must stay exactly XGBoost's. GTIL's own sum of the trees adds the base
+score in another order (about one row in a million differs in the last bit), so
+GTIL only gives each tree's leaf value, and they are summed here as XGBoost sums
+them: in float32, starting from the base score, tree after tree. That is why only
+single-output tree models whose objective leaves the sum as it is
+(``reg:squarederror``) take this path. On top, a probe must match XGBoost bit for
+bit: rows made of every feature's split thresholds, the floats just beside them
+and missing values (dense and sparse), which drive every comparison of every tree
+both ways. Any other model keeps ``inplace_predict``.
 """
 
 import ctypes
+import json
 from typing import Callable, Optional
 
 import numpy as np
@@ -23,12 +28,12 @@ import treelite.core
 import treelite.gtil
 from treelite.gtil.gtil import GTILConfig
 
-# treelite.gtil.predict builds and parses a JSON configuration and asks the model its types on every
-# call (~20 us of ~26 for one row); a dense float32 matrix goes straight to Treelite's C function
-# instead, with all of that done once. Treelite's library handle is private to Treelite 4 (pinned
-# <5): without it, the public call.
+# treelite.gtil.predict_per_tree builds and parses a JSON configuration and asks the model its types on
+# every call; a dense float32 matrix goes straight to Treelite's C function instead, with all of that
+# done once. Treelite's library handle is private to Treelite 4 (pinned <5): without it, the public call.
 _LIB = getattr(treelite.core, "_LIB", None)
 
+IDENTITY_OBJECTIVES = ("reg:squarederror", "reg:linear")  # the prediction is the sum of the trees
 PROBE_ROWS = 256
 THRESHOLDS_PER_FEATURE = 64
 
@@ -36,49 +41,62 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 def exact_gtil(booster, trees: list, nthread: int) -> Optional[Predictor]:
-    """A GTIL predictor equal to ``booster.inplace_predict`` on the probe, else None.
+    """A GTIL predictor computing ``booster.inplace_predict``'s values, else None.
 
-    ``trees`` are the ``trees`` of the booster's JSON model (for the thresholds).
+    ``trees`` are the ``trees`` of the booster's JSON model (for the probe's thresholds).
     """
+    learner = json.loads(booster.save_config())["learner"]
+    parameters = learner["learner_model_param"]
+    if (
+        learner["objective"]["name"] not in IDENTITY_OBJECTIVES
+        or learner["gradient_booster"]["name"] != "gbtree"
+        or int(parameters.get("num_class", 0)) > 1
+        or int(parameters.get("num_target", 1)) != 1
+    ):
+        return None
     try:
         model = treelite.frontend.from_xgboost(booster)
     except treelite.TreeliteError:
-        return None  # a model Treelite does not read (gblinear, multi-target trees)
-    config = GTILConfig(predict_type="default", nthread=nthread)  # parsed once, not per call
-    probe = _probe(trees, booster.num_features())
-    row_shape = booster.inplace_predict(probe[:1], validate_features=False).shape[1:]
-
-    dense = _dense_call(model, config, row_shape)
+        return None  # a model Treelite does not read
+    base_score = np.float32(float(parameters["base_score"]))
+    config = GTILConfig(predict_type="score_per_tree", nthread=nthread)  # parsed once, not per call
+    dense = _dense_per_tree(model, config)
 
     def predict(features):
         if dense is not None and isinstance(features, np.ndarray):
-            # what XGBoost compares: float32 values, in C order for the C call
-            return dense(np.ascontiguousarray(features, dtype=np.float32))
-        rows = features.astype(np.float32, copy=False)
-        return treelite.gtil.predict(model, rows, nthread=config.nthread).reshape((features.shape[0], *row_shape))
+            scores = dense(np.ascontiguousarray(features, dtype=np.float32))  # XGBoost compares float32 values
+        else:
+            scores = treelite.gtil.predict_per_tree(model, features.astype(np.float32), nthread=nthread)
+        scores = scores.reshape(features.shape[0], -1)
+        # ((base + tree 1) + tree 2) + ...: XGBoost's order and precision (accumulate adds in sequence)
+        column = np.full((features.shape[0], 1), base_score, dtype=np.float32)
+        return np.add.accumulate(np.hstack([column, scores]), axis=1, dtype=np.float32)[:, -1]
 
+    probe = _probe(trees, booster.num_features())
     for rows in (probe, scipy.sparse.csr_matrix(np.nan_to_num(probe, nan=0.0))):
         expected = booster.inplace_predict(rows, validate_features=False)
-        try:
-            got = predict(rows)
-        except (treelite.TreeliteError, ValueError):  # an output shape GTIL does not share with XGBoost
-            return None
-        if not np.array_equal(got, expected, equal_nan=True):
+        if not np.array_equal(predict(rows), expected, equal_nan=True):
             return None
     return predict
 
 
-def _dense_call(model, config: GTILConfig, row_shape: tuple) -> Optional[Callable[[np.ndarray], np.ndarray]]:
-    """``TreeliteGTILPredict`` on a C-ordered float32 matrix of ``model.num_feature`` columns, or None."""
+def _dense_per_tree(model, config: GTILConfig) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+    """``TreeliteGTILPredict`` (one score per tree) on a C-ordered float32 matrix, or None."""
     if _LIB is None or model.input_type != "float32" or model.output_type != "float32":
         return None
     handle, config_handle, floats = model.handle, config.handle, ctypes.POINTER(ctypes.c_float)
     width = model.num_feature
+    # The output's shape for one row, from Treelite itself: the buffer must hold all it writes.
+    shape, ndim = ctypes.POINTER(ctypes.c_uint64)(), ctypes.c_uint64()
+    if _LIB.TreeliteGTILGetOutputShape(handle, ctypes.c_uint64(1), config_handle, ctypes.byref(shape),
+                                       ctypes.byref(ndim)) != 0:
+        return None
+    per_row = tuple(int(shape[i]) for i in range(1, ndim.value))
 
     def call(rows: np.ndarray) -> np.ndarray:
         if rows.ndim != 2 or rows.shape[1] != width:  # the C function reads rows x width floats
             raise ValueError(f"rows of {rows.shape[1:]} values given, the model takes {width}")
-        out = np.empty((rows.shape[0], *row_shape), dtype=np.float32)
+        out = np.empty((rows.shape[0], *per_row), dtype=np.float32)
         status = _LIB.TreeliteGTILPredict(
             handle, rows.ctypes.data_as(floats), b"float32", ctypes.c_uint64(rows.shape[0]),
             out.ctypes.data_as(floats), config_handle,
@@ -87,7 +105,7 @@ def _dense_call(model, config: GTILConfig, row_shape: tuple) -> Optional[Callabl
             raise treelite.TreeliteError(_LIB.TreeliteGetLastError().decode(errors="replace"))
         return out
 
-    call.config = config  # the parsed configuration lives as long as the call
+    call.keep = config  # the parsed configuration must outlive its handle's use
     return call
 
 

@@ -21,7 +21,7 @@ from mlserver import MLModel
 from mlserver.codecs import NumpyRequestCodec
 from mlserver.types import InferenceRequest, InferenceResponse
 
-from ..errors import BadPayload, BrokenModel, describe
+from ..errors import BadPayload, BrokenModel, ModelNotReady, describe
 from ..payloads import MAX_ROWS, Features
 from .gtil import Predictor, exact_gtil
 
@@ -189,6 +189,9 @@ class XGBoostModel(MLModel):
     hold ``allow_pickle`` (bool) and ``nthread`` (int).
     """
 
+    _booster: Optional[xgb.Booster] = None
+    _gtil: Optional[Predictor] = None
+
     async def load(self) -> bool:
         parameters = self.settings.parameters
         options = parameters.extra or {}
@@ -219,10 +222,15 @@ class XGBoostModel(MLModel):
                     f"the model takes {self._num_features} features but a row has {features.shape[1]}"
                 )
             features.resize((features.shape[0], self._num_features))  # libsvm: trailing features absent
+        # Local references: an unload (a swap, a V2 or hosting unload) may clear them meanwhile,
+        # while this runs in a batch thread; the prediction under way keeps what it took.
+        booster, gtil = self._booster, self._gtil
+        if booster is None:
+            raise ModelNotReady("The model was unloaded while the request waited; retry it.")
         try:
-            if self._gtil is not None and features.shape[0] <= GTIL_MAX_ROWS:
-                return self._gtil(features)
-            return self._booster.inplace_predict(features, validate_features=False)
+            if gtil is not None and features.shape[0] <= GTIL_MAX_ROWS:
+                return gtil(features)
+            return booster.inplace_predict(features, validate_features=False)
         except (xgb.core.XGBoostError, treelite.TreeliteError) as error:
             raise BadPayload(f"XGBoost rejected the input: {describe(error)}") from None
 
