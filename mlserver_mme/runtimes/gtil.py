@@ -68,9 +68,10 @@ def exact_gtil(booster, trees: list, nthread: int) -> Optional[Predictor]:
         else:
             scores = treelite.gtil.predict_per_tree(model, features.astype(np.float32), nthread=nthread)
         scores = scores.reshape(features.shape[0], -1)
-        # ((base + tree 1) + tree 2) + ...: XGBoost's order and precision (accumulate adds in sequence)
-        column = np.full((features.shape[0], 1), base_score, dtype=np.float32)
-        return np.add.accumulate(np.hstack([column, scores]), axis=1, dtype=np.float32)[:, -1]
+        # ((base + tree 1) + tree 2) + ...: XGBoost's order and precision (accumulate adds in sequence;
+        # base + tree 1 is tree 1 + base exactly)
+        scores[:, 0] += base_score
+        return np.add.accumulate(scores, axis=1, dtype=np.float32)[:, -1]
 
     probe = _probe(trees, booster.num_features())
     for rows in (probe, scipy.sparse.csr_matrix(np.nan_to_num(probe, nan=0.0))):
