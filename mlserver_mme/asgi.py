@@ -14,10 +14,9 @@ def header(headers: dict, name: bytes) -> Optional[str]:
 
 async def read_body(receive, headers: dict, limit: int) -> bytes:
     """The request body, refused as soon as it is known to exceed ``limit`` (never read past it)."""
-    too_large = RequestTooLarge(f"The request body is larger than the limit of {limit} bytes.")
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit)
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -26,10 +25,14 @@ async def read_body(receive, headers: dict, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"The request body is larger than the limit of {limit} bytes.")
 
 
 async def respond(send, status: int, body: bytes, headers: list) -> None:

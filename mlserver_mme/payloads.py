@@ -56,6 +56,7 @@ is written as before: ``NaN``, ``Infinity``, ``-Infinity`` in JSON (as Python's
 import csv
 import io
 import json
+import math
 import re
 from itertools import chain
 from typing import Optional, Tuple, Union
@@ -517,6 +518,7 @@ def encode(predictions: np.ndarray, kind: str) -> Tuple[bytes, str]:
     return text, JSON
 
 
+_SMALL_ANSWER = 64
 # What json.dumps and repr() wrote for NaN, inf and -inf (orjson writes null).
 _JSON_NON_FINITE = (b"NaN", b"Infinity", b"-Infinity")
 _CSV_NON_FINITE = (b"nan", b"inf", b"-inf")
@@ -524,6 +526,12 @@ _CSV_NON_FINITE = (b"nan", b"inf", b"-inf")
 
 def _json_numbers(predictions: np.ndarray, non_finite: Tuple[bytes, bytes, bytes]) -> bytes:
     """A JSON array of the numbers, each float the shortest decimal of its exact value."""
+    if predictions.size <= _SMALL_ANSWER:
+        # A few values (one-row requests): Python floats hold each float32 exactly, and orjson writes
+        # them without numpy's per-call costs. A non-finite one takes the path below.
+        values = predictions.tolist()
+        if all(map(math.isfinite, chain.from_iterable(values) if predictions.ndim == 2 else values)):
+            return orjson.dumps(values)
     if predictions.dtype.kind == "f":
         predictions = predictions.astype(np.float64, order="C")  # orjson writes a float32 as a float32 decimal
     else:  # orjson takes native, C-ordered arrays only
