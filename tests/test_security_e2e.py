@@ -13,11 +13,11 @@ import botocore.exceptions
 import httpx
 import pytest
 from artifacts import EXPECTED
-from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from conftest import s3_env
 from mlserver_process import MLServerProcess
+from signing import SignerLeavingOut
 
 CSV = b"1995,3000,3,2,1.0,2\n"
 KEY, SECRET = "AKIDMMETEST", "the-secret"
@@ -66,20 +66,6 @@ def rejected(client, code, **kwargs):
     assert caught.value.response["Error"]["Code"] == code
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     return caught.value.response["Error"]["Message"]
-
-
-class SignerLeavingOut(SigV4Auth):
-    """botocore's signer, leaving some headers out of SignedHeaders (they are still sent)."""
-
-    def __init__(self, credentials, leave_out=()):
-        super().__init__(credentials, "sagemaker", "us-east-1")
-        self.leave_out = leave_out
-
-    def headers_to_sign(self, request):
-        headers = super().headers_to_sign(request)
-        for name in self.leave_out:
-            del headers[name]
-        return headers
 
 
 def signed_request(

@@ -5,9 +5,9 @@ import hashlib
 
 import boto3
 import pytest
-from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from signing import SignerLeavingOut
 
 from mlserver_mme.sigv4 import SignatureRejected, SigV4Verifier
 
@@ -19,24 +19,10 @@ OTHER_BODY = b"2000,3000,3,2,1.0,2\n"
 TARGET = {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": "Houston_TX.tar.gz"}
 
 
-class SignerLeavingOut(SigV4Auth):
-    """botocore's signer, leaving some headers out of SignedHeaders (they are still sent)."""
-
-    def __init__(self, leave_out=()):
-        super().__init__(Credentials(KEY, SECRET), "sagemaker", "us-east-1")
-        self.leave_out = leave_out
-
-    def headers_to_sign(self, request):
-        headers = super().headers_to_sign(request)
-        for name in self.leave_out:
-            del headers[name]
-        return headers
-
-
 def signed(headers=TARGET, body=BODY, leave_out=()) -> dict:
     """The headers a server sees (lower-case names, with host) for a request botocore signed."""
     request = AWSRequest(method="POST", url=f"http://{HOST}{PATH}", data=body, headers=dict(headers))
-    SignerLeavingOut(leave_out).add_auth(request)
+    SignerLeavingOut(Credentials(KEY, SECRET), leave_out).add_auth(request)
     return {"host": HOST, **{name.lower(): value for name, value in request.headers.items()}}
 
 
