@@ -118,6 +118,21 @@ def test_batches_worked_off_the_event_loop_predict_as_xgboost(sagemaker, content
         assert values == predict(legacy_model_bytes("Houston_TX.tar.gz"), BATCH_ROWS.astype(np.float32))
 
 
+def test_batches_and_single_rows_racing_on_one_model_all_get_xgboosts_answers(server):
+    """Batches predict in pool threads while one-row requests predict on the loop, on one model at once."""
+    batch = "".join(",".join(map(str, row)) + "\n" for row in BATCH_ROWS.tolist()).encode()
+    expected_batch = predict(legacy_model_bytes("Houston_TX.tar.gz"), BATCH_ROWS.astype(np.float32))
+    headers = {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": "Houston_TX.tar.gz"}
+
+    def call(body):
+        return httpx.post(server.url + "/invocations", content=body, headers=headers, timeout=60).json()
+
+    bodies = [batch, CSV_BODY] * 8
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, bodies))
+    assert answers == [expected_batch, EXPECTED["predictions"]["Houston_TX.tar.gz"]] * 8
+
+
 def test_a_bad_batch_is_the_callers_fault(server):
     body = b"1995,3000,3,2,1.0,2\n" * 5000 + b"1995,abc,3,2,1.0,2\n"
     reply = httpx.post(server.url + "/invocations", content=body,
