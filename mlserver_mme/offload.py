@@ -5,7 +5,8 @@ right there (a thread hop costs more than its whole decode, predict and
 encode), but a batch of megabytes takes tens to hundreds of milliseconds, and
 on the loop every other request, ``/ping`` included, would wait that long. A
 request body of more than ``INLINE_MAX_BYTES`` is decoded, predicted and encoded
-in this pool instead: a few threads of its own (not the default executor, which
+in this pool instead, and so are the prediction and encoding of an answer of
+more than ``INLINE_MAX_VALUES`` values: a few threads of its own (not the default executor, which
 downloads and loads models), one per CPU, as XGBoost's prediction and the C
 parsers release the GIL. Batches beyond that wait their turn in the pool's queue,
 holding only their bodies (at most ``MLSERVER_MME_MAX_PAYLOAD_BYTES`` each).
@@ -29,5 +30,14 @@ class BatchPool:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
 
+# Values an answer may hold and still be predicted and encoded on the loop: a small body can still ask
+# for much (a 64 KiB body of one-feature rows is 32,768 rows; a many-class model multiplies them).
+INLINE_MAX_VALUES = 4096
+
+
 def is_batch(body: bytes) -> bool:
     return len(body) > INLINE_MAX_BYTES
+
+
+def is_big_answer(rows: int, values_per_row: int) -> bool:
+    return rows * values_per_row > INLINE_MAX_VALUES

@@ -42,7 +42,7 @@ from .errors import (
 from .hosting import HostingRoutes, hosting_error
 from .lifecycle import ModelLifecycle
 from .naming import InvalidTargetModel, target_of, validate_target
-from .offload import BatchPool, is_batch
+from .offload import BatchPool, is_batch, is_big_answer
 from .payloads import Features, decode, encode, negotiate
 from .repository import serving_repository
 from .runtimes.xgboost import XGBoostModel
@@ -183,6 +183,9 @@ class SageMakerRoutes:
             else:
                 # The hosting contract names the model in the path (SageMaker forwards TargetModel as is).
                 entry = self.lifecycle.acquire_hosted(hosted_model)
+            values_per_row = entry.model.values_per_row if isinstance(entry.model, XGBoostModel) else 1
+            if is_big_answer(features.shape[0], values_per_row):
+                work = self.batches.run
             try:
                 if isinstance(entry.model, XGBoostModel):
                     predictions = await work(entry.model.predict_features, features)

@@ -191,6 +191,7 @@ class XGBoostModel(MLModel):
 
     _booster: Optional[xgb.Booster] = None
     _gtil: Optional[Predictor] = None
+    _outputs = 1
 
     async def load(self) -> bool:
         parameters = self.settings.parameters
@@ -203,6 +204,11 @@ class XGBoostModel(MLModel):
         self._outputs = outputs_per_row(self._booster)
         self._gtil = await asyncio.to_thread(_gtil_for, self._booster, path, nthread)
         return True
+
+    @property
+    def values_per_row(self) -> int:
+        """Values predicted per row (classes or targets)."""
+        return self._outputs
 
     def predict_features(self, features: Features) -> np.ndarray:
         """Predictions for a matrix of feature rows, exactly as ``Booster.predict`` gives them."""
