@@ -8,7 +8,9 @@ import pytest
 
 from mlserver_mme import isolation
 
-LIMITS = isolation.Limits(memory_bytes=256 * 1024 * 1024, cpu_seconds=2, wall_seconds=4.0)
+LIMITS = isolation.Limits(memory_bytes=256 * 1024 * 1024, cpu_seconds=2, wall_seconds=4.0)  # the hang test
+# For the tests that are not about time: room for a loaded CI machine to start the children.
+ROOMY = isolation.Limits(memory_bytes=256 * 1024 * 1024, cpu_seconds=10, wall_seconds=60.0)
 
 
 def answer(value):
@@ -43,43 +45,44 @@ def write_file(path):
 
 
 def test_a_result_comes_back():
-    assert isolation.run(answer, 21, limits=LIMITS) == 42
+    assert isolation.run(answer, 21, limits=ROOMY) == 42
 
 
 def test_a_crash_is_a_failure_and_the_caller_lives():
     with pytest.raises(isolation.IsolatedFailure, match=r"crashed \(SIGSEGV\)"):
-        isolation.run(crash, limits=LIMITS)
-    assert isolation.run(answer, 1, limits=LIMITS) == 2
+        isolation.run(crash, limits=ROOMY)
+    assert isolation.run(answer, 1, limits=ROOMY) == 2
 
 
 def test_memory_over_the_limit_is_a_failure():
     with pytest.raises(isolation.IsolatedFailure, match="more than 268435456 bytes of memory"):
-        isolation.run(allocate, limits=LIMITS)
+        isolation.run(allocate, limits=ROOMY)
 
 
 def test_cpu_time_over_the_limit_is_a_failure():
+    limits = isolation.Limits(memory_bytes=256 * 1024 * 1024, cpu_seconds=2, wall_seconds=60.0)
     started = time.monotonic()
     with pytest.raises(isolation.IsolatedFailure, match="more than 2 s of CPU time"):
-        isolation.run(spin, limits=LIMITS)
-    assert time.monotonic() - started < LIMITS.wall_seconds + 2
+        isolation.run(spin, limits=limits)
+    assert time.monotonic() - started < limits.wall_seconds
 
 
 def test_a_hang_is_stopped_at_the_wall_clock_deadline():
     started = time.monotonic()
     with pytest.raises(isolation.IsolatedFailure, match="took longer than 4 s"):
         isolation.run(hang, limits=LIMITS)
-    assert time.monotonic() - started < LIMITS.wall_seconds + 2
+    assert time.monotonic() - started < LIMITS.wall_seconds + 10
 
 
 def test_an_exception_is_its_message_without_a_trace():
     with pytest.raises(isolation.IsolatedFailure) as caught:
-        isolation.run(refuse, limits=LIMITS)
+        isolation.run(refuse, limits=ROOMY)
     assert caught.value.message == "ValueError: with more lines"
 
 
 def test_the_child_cannot_write_files(tmp_path):
     with pytest.raises(isolation.IsolatedFailure, match="File too large"):
-        isolation.run(write_file, str(tmp_path / "out"), limits=LIMITS)
+        isolation.run(write_file, str(tmp_path / "out"), limits=ROOMY)
     assert os.path.getsize(tmp_path / "out") == 0
 
 
@@ -89,20 +92,20 @@ def huge_answer():
 
 def test_an_answer_over_the_bound_is_refused_unread():
     with pytest.raises(isolation.IsolatedFailure, match="unreadable"):
-        isolation.run(huge_answer, limits=LIMITS)
+        isolation.run(huge_answer, limits=ROOMY)
 
 
 def test_concurrent_checks_each_get_their_own_answer():
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(lambda n: isolation.run(answer, n, limits=LIMITS), range(8))) == [2 * n for n in range(8)]
+        assert list(pool.map(lambda n: isolation.run(answer, n, limits=ROOMY), range(8))) == [2 * n for n in range(8)]
 
 
 def test_the_fork_server_is_not_counted_as_the_servers_memory():
     from mlserver_mme import memory
 
-    isolation.run(answer, 1, limits=LIMITS)  # the fork server runs
+    isolation.run(answer, 1, limits=ROOMY)  # the fork server runs
     children = [int(pid) for task in os.listdir(f"/proc/{os.getpid()}/task")
                 for pid in open(f"/proc/{os.getpid()}/task/{task}/children").read().split()]
     assert any(memory._is_check_helper(child) for child in children)

@@ -100,7 +100,7 @@ def test_a_model_file_that_allocates_without_bound_is_stopped(prefix, start_serv
     server = start_server(validation_memory="512MiB")
     started = time.monotonic()
     model_error(call(server, "bomb.tar.gz"), 500, "failed its load check")
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30  # the load would otherwise go on past the 60 s wait
     assert server.process.poll() is None
 
 
