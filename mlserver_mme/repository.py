@@ -123,7 +123,7 @@ class MMERepository(SchemalessModelRepository):
         Runs before an artifact is published to the cache, and before a hosted model is loaded.
         The declared runtime must be allowed; an XGBoost model must load and predict in an
         isolated child (``isolation``), since a malformed file can crash the process parsing it.
-        Checks wait for one of ``check_slots`` before they take a thread, so checks queued behind
+        Checks wait for a slot (one per CPU) before they take a thread, so checks queued behind
         slow ones hold no thread that downloads and loads need.
         """
         async with self._check_slots:
