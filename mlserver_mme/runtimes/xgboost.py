@@ -28,7 +28,6 @@ from .gtil import Predictor, exact_gtil
 PREFERRED_FILES = ("xgboost-model", "model.json", "model.ubj", "model.bst")
 MAX_PREDICTIONS = MAX_ROWS  # values in one answer: a million rows of one prediction each
 MAX_GTIL_MODEL_BYTES = 16 * 1024 * 1024
-MAX_GTIL_OUTPUTS = 256
 # GTIL's per-row cost is about 5x XGBoost's: it wins on the per-call overhead of small requests only
 # (1 row: 30 against 140 us; 100 rows: 210 against 170 us).
 GTIL_MAX_ROWS = 64
@@ -94,10 +93,10 @@ def _gtil_for(booster: xgb.Booster, path: str, nthread: int, model: Optional[dic
     """GTIL when it predicts exactly as ``booster`` (see ``gtil.py``), else None.
 
     ``model`` is the booster's JSON model if already at hand. Models over
-    ``MAX_GTIL_MODEL_BYTES`` or ``MAX_GTIL_OUTPUTS`` values per row keep
-    ``inplace_predict``: a cheaper call gains them little, and the probe costs more.
+    ``MAX_GTIL_MODEL_BYTES`` keep ``inplace_predict``: a cheaper call gains them
+    little, and the probe costs more. (Multi-output models never take GTIL.)
     """
-    if os.path.getsize(path) > MAX_GTIL_MODEL_BYTES or outputs_per_row(booster) > MAX_GTIL_OUTPUTS:
+    if os.path.getsize(path) > MAX_GTIL_MODEL_BYTES:
         return None
     model = model or json.loads(bytes(booster.save_raw("json")))
     return exact_gtil(booster, _trees(model), nthread)
@@ -105,8 +104,11 @@ def _gtil_for(booster: xgb.Booster, path: str, nthread: int, model: Optional[dic
 
 def outputs_per_row(booster: xgb.Booster) -> int:
     """Values predicted per row: classes of a multi-class model, targets of a multi-target one."""
-    parameters = json.loads(booster.save_config())["learner"]["learner_model_param"]
-    return max(1, int(parameters.get("num_class", 0)), int(parameters.get("num_target", 1)))
+    return _outputs(json.loads(booster.save_config())["learner"]["learner_model_param"])
+
+
+def _outputs(learner_model_param: dict) -> int:
+    return max(1, int(learner_model_param.get("num_class", 0)), int(learner_model_param.get("num_target", 1)))
 
 
 def check_model_file(path: str, allow_pickle: bool) -> None:
@@ -130,8 +132,7 @@ def check_model_file(path: str, allow_pickle: bool) -> None:
 def _check_structure(model: dict) -> None:
     learner = model["learner"]
     num_feature = int(learner["learner_model_param"]["num_feature"])
-    outputs = max(1, int(learner["learner_model_param"].get("num_class", 0)),
-                  int(learner["learner_model_param"].get("num_target", 1)))
+    outputs = _outputs(learner["learner_model_param"])
     trees = _trees(model)
     if not trees:
         return  # gblinear: a weight vector, no trees to walk
