@@ -20,7 +20,6 @@ copy is fetched again. Past ``disk_limit`` bytes, the least recently used
 artifacts that are not loaded are deleted.
 """
 
-import asyncio
 import collections
 import hashlib
 import json
@@ -35,7 +34,9 @@ from typing import Awaitable, Callable, Dict, Optional, Tuple
 from .archive import UnsafeArchive, unpack
 from .errors import ArtifactNotFound, BrokenModel, StorageUnavailable
 from .metrics import metrics
-from .store import ObjectInfo, ObjectMissing, Store, StoreUnavailable
+from .single_flight import SingleFlight
+from .store import ObjectInfo, ObjectMissing, Store, StoreUnreachable
+from .threads import in_io
 
 logger = logging.getLogger("mlserver.mme")
 
@@ -84,7 +85,7 @@ class ArtifactCache:
         self._on_disk: "collections.OrderedDict[str, LocalArtifact]" = collections.OrderedDict()
         self._bytes_on_disk = 0  # sum of _on_disk's unpacked_bytes, kept as entries come and go
         self._verified: set = set()  # ETag checked against the store by this process
-        self._flights: Dict[str, asyncio.Future] = {}
+        self._fetches = SingleFlight()  # by target
 
     def open(self) -> None:
         """Start-up: delete what interrupted fetches left, index what earlier runs unpacked."""
@@ -123,13 +124,7 @@ class ArtifactCache:
         if known is not None and target in self._verified and not revalidate:
             self._on_disk.move_to_end(target)
             return known
-        flight = self._flights.get(target)
-        if flight is None:
-            flight = asyncio.ensure_future(self._fetch(target, known))
-            self._flights[target] = flight
-            flight.add_done_callback(lambda done: (self._flights.pop(target, None), observe(done)))
-        # shield: a caller that gives up does not cancel the fetch for the others
-        artifact = await asyncio.shield(flight)
+        artifact = await self._fetches.run(target, lambda: self._fetch(target, known))
         self._index(artifact)
         self._verified.add(target)
         return artifact
@@ -139,13 +134,13 @@ class ArtifactCache:
         if self.disk_limit is None:
             return
         while self.disk_bytes() > self.disk_limit:
-            victim = next((t for t in self._on_disk if not in_use(t) and t not in self._flights), None)
+            victim = next((t for t in self._on_disk if not in_use(t) and t not in self._fetches), None)
             if victim is None:
                 logger.warning("event=disk-over-budget bytes=%d limit=%d (all in use)", self.disk_bytes(), self.disk_limit)
                 return
             artifact = self._unindex(victim)
             self._verified.discard(victim)
-            await asyncio.to_thread(self._delete, os.path.dirname(artifact.folder))
+            await in_io(self._delete, os.path.dirname(artifact.folder))
             metrics().evictions.labels(reason="disk").inc()
             logger.info("event=evict reason=disk model=%s bytes=%d", victim, artifact.unpacked_bytes)
 
@@ -154,14 +149,14 @@ class ArtifactCache:
 
     async def _fetch(self, target: str, known: Optional[LocalArtifact]) -> LocalArtifact:
         """``known`` if it is current and intact, else a fresh download, unpacked, checked and published."""
-        fetched = await asyncio.to_thread(self._reuse_or_download, target, known)
+        fetched = await in_io(self._reuse_or_download, target, known)
         if isinstance(fetched, LocalArtifact):
             return fetched
         try:
             await self.check(target, fetched.content)  # waits for a check slot without holding a thread
-            return await asyncio.to_thread(self._publish_download, target, fetched)
+            return await in_io(self._publish_download, target, fetched)
         finally:
-            await asyncio.to_thread(shutil.rmtree, fetched.work, True)  # gone already when published
+            await in_io(shutil.rmtree, fetched.work, True)  # gone already when published
 
     def _reuse_or_download(self, target: str, known: Optional[LocalArtifact]):
         try:
@@ -174,9 +169,9 @@ class ArtifactCache:
             raise ArtifactNotFound(
                 f"Could not find model data for target model '{target}' at {missing.location}: "
                 "check that the object exists and that the server may read it."
-            ) from None
-        except StoreUnavailable as error:
-            raise StorageUnavailable(f"The model store is unavailable: {error}") from None
+            ) from missing
+        except StoreUnreachable as error:
+            raise StorageUnavailable(f"The model store is unavailable: {error}") from error
 
     def _download(self, target: str) -> "_Download":
         """Download and unpack ``target`` into a new folder under ``partial/``."""
@@ -191,7 +186,7 @@ class ArtifactCache:
             try:
                 unpack(archive, content, self.max_unpacked_bytes, bare_name=target.rsplit("/", 1)[-1])
             except UnsafeArchive as error:
-                raise BrokenModel(f"The artifact of '{target}' cannot be unpacked: {error}") from None
+                raise BrokenModel(f"The artifact of '{target}' cannot be unpacked: {error}") from error
             os.remove(archive)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
@@ -236,12 +231,6 @@ class ArtifactCache:
             return LocalArtifact(meta["target"], os.path.join(final, "content"), meta["etag"], meta["unpacked"])
         except (OSError, ValueError, KeyError):
             return None
-
-
-def observe(done: asyncio.Future) -> None:
-    """Mark a shared task's failure as seen: everyone waiting on it may have given up before it ended."""
-    if not done.cancelled():
-        done.exception()
 
 
 def _file_digests(folder: str) -> Dict[str, Tuple[int, str]]:

@@ -46,7 +46,7 @@ class InvalidRequest(MMEError):
     sagemaker_code, sagemaker_status, v2_status = "ValidationError", 400, 400
 
 
-class InvalidTarget(InvalidRequest):
+class BadTargetHeader(InvalidRequest):
     """The target model header is missing or is not a safe relative path."""
 
 
@@ -82,7 +82,7 @@ class UnsupportedAccept(BadPayload):
     original_status = v2_status = 406
 
 
-class ModelNotReady(MMEError):
+class ModelStillLoading(MMEError):
     """The model is still loading after the caller's wait; the load goes on (boto3 retries this)."""
 
     sagemaker_code, sagemaker_status, v2_status = "ModelNotReadyException", 429, 503

@@ -69,14 +69,14 @@ class HostingRoutes:
         if name.endswith("/invoke") and method == "POST":
             await self.invoke(scope, receive, send, hosted_model=name[: -len("/invoke")])
         elif method == "GET":
-            entry = self.lifecycle.hosted().get(name)
+            entry = self.lifecycle.hosted.listing().get(name)
             if entry is None:
                 await respond_json(send, 404, {"message": f"Model '{name}' is not loaded."})
             else:
                 await respond_json(send, 200, {"modelName": name, "modelUrl": entry.model.settings.parameters.uri})
         elif method == "DELETE":
             try:
-                await self.lifecycle.unload_hosted(name)
+                await self.lifecycle.hosted.unload(name)
                 await respond_json(send, 200, {"message": f"Model '{name}' unloaded."})
             except HostedModelNotFound as error:
                 await respond_json(send, 404, {"message": error.message})
@@ -109,7 +109,7 @@ class HostingRoutes:
         if not os.path.isdir(folder):
             return await respond_json(send, 400, {"message": f"url '{url}' is not a folder."})
         try:
-            await self.lifecycle.load_hosted(name, folder)
+            await self.lifecycle.hosted.load(name, folder)
         except AlreadyLoaded as error:
             return await respond_json(send, 409, {"message": error.message})
         except ModelTooLarge as error:
@@ -125,7 +125,7 @@ class HostingRoutes:
             start = int(query.get("next_page_token", 0))
         except ValueError:
             return await respond_json(send, 400, {"message": "limit and next_page_token must be integers."})
-        hosted = sorted(self.lifecycle.hosted().items())
+        hosted = sorted(self.lifecycle.hosted.listing().items())
         page = hosted[start : start + limit]
         answer = {"models": [{"modelName": n, "modelUrl": e.model.settings.parameters.uri} for n, e in page]}
         if start + limit < len(hosted):

@@ -2,17 +2,23 @@
 
 MLServer 1.7 has no public hook for what the multi-model layer needs: the model
 registry (to load models on demand and share them with V2), the REST app (to put
-the SageMaker routes in front of it), and a way for a repository to tell the
+the SageMaker routes in front of it), the V2 data plane and repository handlers
+(to send V2 calls through the lifecycle), and a way for a repository to tell the
 start-up listing from an index listing. They are found by looking at who is
 calling and at the registry's load hooks, checked against mlserver 1.7.x, pinned
 in pyproject.toml; ``check()`` runs at start-up and fails with a clear message
 when they are not there.
 """
 
+import functools
+import inspect
 import sys
+from dataclasses import dataclass
+from typing import AsyncContextManager, Awaitable, Callable
 
 import mlserver
 from mlserver.cli import serve
+from mlserver.handlers import DataPlane, ModelRepositoryHandlers
 from mlserver.registry import MultiModelRegistry
 from starlette.middleware import Middleware
 
@@ -33,6 +39,10 @@ def check() -> None:
     for method in ("load", "unload", "get_model", "get_models"):
         if not hasattr(MultiModelRegistry, method):
             problems.append(f"MultiModelRegistry.{method} is missing")
+    for owner, methods in ((DataPlane, ("infer", "model_ready", "model_metadata")), (ModelRepositoryHandlers, ("load", "unload"))):
+        for method in methods:
+            if "name" not in inspect.signature(getattr(owner, method, lambda: None)).parameters:
+                problems.append(f"{owner.__name__}.{method}(name, ...) is missing")
     if problems:
         raise UnsupportedMLServer("mlserver-mme cannot run on this MLServer: " + "; ".join(problems))
 
@@ -52,12 +62,17 @@ def loading_registry() -> MultiModelRegistry:
 
 
 def rest_app(registry: MultiModelRegistry):
-    """MLServer's REST (FastAPI) app: its server registers a load hook that adds custom handlers."""
+    """MLServer's REST (FastAPI) app."""
+    return _rest_server(registry)._app
+
+
+def _rest_server(registry: MultiModelRegistry):
+    """MLServer's REST server: the server registers a load hook (adding custom handlers) that leads to it."""
     for hook in getattr(registry, "_on_model_load", []):
         rest_server = getattr(getattr(hook, "__self__", None), "_rest_server", None)
         app = getattr(rest_server, "_app", None)
         if app is not None and hasattr(app, "user_middleware"):
-            return app
+            return rest_server
     raise UnsupportedMLServer("MLServer's REST app cannot be found from its model registry")
 
 
@@ -74,3 +89,62 @@ def _caller_running(code):
             return frame
         frame = frame.f_back
     return None
+
+
+@dataclass(frozen=True)
+class MLServerParts:
+    """The pieces of a running MLServer the multi-model layer works with."""
+
+    registry: MultiModelRegistry
+    repository: object  # the model repository MLServer serves (``MMERepository``)
+    repository_handlers: ModelRepositoryHandlers  # V2 repository API, shared by REST and gRPC
+    data_plane: DataPlane  # V2 inference API, shared by REST and gRPC
+    rest_app: object
+
+
+def mlserver_parts() -> MLServerParts:
+    """MLServer's parts, found from the registry loading the model whose ``load()`` calls this."""
+    registry = loading_registry()
+    rest_server = _rest_server(registry)
+    handlers = getattr(rest_server, "_model_repository_handlers", None)
+    data_plane = getattr(rest_server, "_data_plane", None)
+    if not isinstance(handlers, ModelRepositoryHandlers) or not isinstance(data_plane, DataPlane):
+        raise UnsupportedMLServer("MLServer's REST server holds no repository handlers or data plane")
+    return MLServerParts(registry, handlers._repository, handlers, data_plane, rest_server._app)
+
+
+def route_v2_calls(
+    parts: MLServerParts,
+    around_model: Callable[[str], AsyncContextManager],
+    load: Callable[[str, Callable], Awaitable[bool]],
+    unload: Callable[[str, Callable], Awaitable[bool]],
+) -> None:
+    """Send MLServer's V2 calls (REST and gRPC) through the multi-model layer.
+
+    The data plane's calls on one model run inside ``around_model(name)``; the repository
+    API's ``load(name)``/``unload(name)`` become ``load(name, original)``/``unload(name, original)``.
+    """
+    data_plane = parts.data_plane
+    for method in ("infer", "model_ready", "model_metadata"):
+        setattr(data_plane, method, _around_model(getattr(data_plane, method), around_model))
+    handlers = parts.repository_handlers
+    original_load, original_unload = handlers.load, handlers.unload
+
+    async def routed_load(name: str) -> bool:
+        return await load(name, original_load)
+
+    async def routed_unload(name: str) -> bool:
+        return await unload(name, original_unload)
+
+    handlers.load, handlers.unload = routed_load, routed_unload
+
+
+def _around_model(call, around_model):
+    signature = inspect.signature(call)  # callers pass the name by position (REST) or keyword (gRPC)
+
+    @functools.wraps(call)
+    async def wrapped(*args, **kwargs):
+        async with around_model(signature.bind(*args, **kwargs).arguments["name"]):
+            return await call(*args, **kwargs)
+
+    return wrapped

@@ -34,29 +34,29 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
 _ESCAPED = re.compile(r"~[0-9A-F]{2}(?:~[0-9A-F]{2})*")  # a leading literal: searched fast
 
 
-class InvalidTargetModel(ValueError):
+class NotATargetPath(ValueError):
     """The target model is not a valid relative path; the message says why."""
 
 
 def validate_target(target: str) -> str:
     """Return ``target`` if it is a safe relative path under the prefix, else raise."""
     if not target:
-        raise InvalidTargetModel("the target model is empty")
+        raise NotATargetPath("the target model is empty")
     if len(target) > MAX_TARGET_LENGTH:
-        raise InvalidTargetModel(f"the target model is longer than {MAX_TARGET_LENGTH} characters")
+        raise NotATargetPath(f"the target model is longer than {MAX_TARGET_LENGTH} characters")
     if not target.isprintable():
-        raise InvalidTargetModel("the target model holds a character that is not printable")
+        raise NotATargetPath("the target model holds a character that is not printable")
     if target[0].isspace():
-        raise InvalidTargetModel("the target model starts with a space")
+        raise NotATargetPath("the target model starts with a space")
     if "\\" in target:
-        raise InvalidTargetModel("the target model holds a backslash")
+        raise NotATargetPath("the target model holds a backslash")
     if target.startswith("/"):
-        raise InvalidTargetModel("the target model is an absolute path")
+        raise NotATargetPath("the target model is an absolute path")
     for segment in target.split("/"):
         if segment == "":
-            raise InvalidTargetModel("the target model has an empty path segment")
+            raise NotATargetPath("the target model has an empty path segment")
         if segment in (".", ".."):
-            raise InvalidTargetModel(f"the target model has a '{segment}' path segment")
+            raise NotATargetPath(f"the target model has a '{segment}' path segment")
     return target
 
 
@@ -70,7 +70,7 @@ def v2_name(target: str) -> str:
 
 
 def target_of(name: str) -> str:
-    """The target model path of a V2 name; raises InvalidTargetModel if no path maps to it."""
+    """The target model path of a V2 name; raises NotATargetPath if no path maps to it."""
     if name.endswith("~"):
         stem, suffix = name[:-1], ""
     else:
@@ -78,11 +78,11 @@ def target_of(name: str) -> str:
     try:
         target = _ESCAPED.sub(lambda m: bytes.fromhex(m.group().replace("~", "")).decode("utf-8"), stem)
     except UnicodeDecodeError:
-        raise InvalidTargetModel(f"'{name[:100]}' is not a model name") from None
+        raise NotATargetPath(f"'{name[:100]}' is not a model name") from None
     target = validate_target(target + suffix)
     # Only names produced by v2_name are accepted: this keeps the mapping one-to-one.
     if v2_name(target) != name:
-        raise InvalidTargetModel(f"'{name[:100]}' is not a model name")
+        raise NotATargetPath(f"'{name[:100]}' is not a model name")
     return target
 
 

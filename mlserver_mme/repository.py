@@ -1,7 +1,8 @@
 """The MLServer model repository over a model prefix.
 
-MLServer calls ``list`` for ``/v2/repository/index`` and ``find`` for V2 loads;
-the lifecycle calls ``settings_for`` for SageMaker loads. Both fetch and unpack
+MLServer calls ``list`` for ``/v2/repository/index`` (and ``find`` for V2 loads of
+the folder's models); the lifecycle calls ``settings_for`` for every load of a
+prefix model, whichever protocol asked for it. Both fetch and unpack
 the artifact through the disk cache and describe a model whose ``uri`` is the
 unpacked folder, served by the runtime the artifact's own ``model-settings.json``
 names, else by the XGBoost runtime.
@@ -33,28 +34,16 @@ from .declared_settings import OWN_SETTINGS, XGBOOST_RUNTIME, read_declared
 from .errors import BrokenModel, StorageUnavailable
 from .memory import parse_size
 from .metrics import metrics
-from .naming import InvalidTargetModel, target_of, v2_name
+from .naming import NotATargetPath, target_of, v2_name
 from .runtimes.xgboost import check_model_file, find_model_file
-from .store import StoreUnavailable, open_store
+from .store import StoreUnreachable, open_store
+from .threads import in_io
 
 logger = logging.getLogger("mlserver.mme")
 
 
-_serving: Optional["MMERepository"] = None
-
-
-def serving_repository() -> "MMERepository":
-    """The repository of the running server (not the one ``mlserver start`` lists start-up models with)."""
-    if _serving is None:
-        raise RuntimeError(
-            "settings.json must set model_repository_implementation to mlserver_mme.repository.MMERepository"
-        )
-    return _serving
-
-
 class MMERepository(SchemalessModelRepository):
     def __init__(self, root: str, **settings_args):
-        global _serving
         super().__init__(root)
         self.settings = load_settings(root, **settings_args)
         self.store = open_store(self.settings.model_prefix)
@@ -78,14 +67,12 @@ class MMERepository(SchemalessModelRepository):
             parse_size(disk_limit, shutil.disk_usage(self.settings.cache_dir).total) if disk_limit else None,
             check=self.check_folder,
         )
-        self.lifecycle = None  # set by the router once it is loaded
         # Validating ModelSettings reads the whole environment (pydantic-settings): ~1.5 ms each.
         # Models are described by copying one validated template instead.
         self._xgboost_template = ModelSettings(name="template", implementation=XGBOOST_RUNTIME, parameters={})
         self._startup = mlserver_internals.is_startup_listing()
         if not self._startup:
             self.cache.open()
-            _serving = self
 
     async def list(self) -> List[ModelSettings]:
         folder_models = await super().list()
@@ -93,8 +80,8 @@ class MMERepository(SchemalessModelRepository):
             # Fetched now, loaded by MLServer with the router, never unloaded (lifecycle.pinned).
             return folder_models + [await self.settings_for(target) for target in preload_targets(self.settings)]
         try:
-            targets = await asyncio.to_thread(self.store.list)
-        except StoreUnavailable as error:
+            targets = await in_io(self.store.list)
+        except StoreUnreachable as error:
             raise StorageUnavailable(f"The model store is unavailable: {error}") from None
         return folder_models + [self._index_entry(target) for target in targets]
 
@@ -104,13 +91,13 @@ class MMERepository(SchemalessModelRepository):
             return folder_models
         try:
             target = target_of(name)
-        except InvalidTargetModel:
+        except NotATargetPath:
             raise ModelNotFound(name) from None
-        settings = await self.settings_for(target)
-        if self.lifecycle is not None:  # a V2 load: make room first, count it once loaded
-            await self.lifecycle.before_external_load()
-            asyncio.ensure_future(self.lifecycle.after_external_load(target, name))
-        return [settings]
+        return [await self.settings_for(target)]
+
+    async def folder_model_names(self) -> List[str]:
+        """The models of the folder passed to ``mlserver start``: served as MLServer serves them."""
+        return [settings.name for settings in await super().list()]
 
     async def settings_for(self, target: str) -> ModelSettings:
         """Fetch ``target`` (once) and describe how MLServer loads it."""
@@ -127,7 +114,7 @@ class MMERepository(SchemalessModelRepository):
         slow ones hold no thread that downloads and loads need.
         """
         async with self._check_slots:
-            await asyncio.to_thread(self._check_folder, target, folder)
+            await in_io(self._check_folder, target, folder)
 
     def _check_folder(self, target: str, folder: str) -> None:
         declared = self._declared(target, folder)

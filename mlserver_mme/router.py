@@ -10,8 +10,9 @@ the same instance V2 uses. Every failure is answered in SageMaker's error shape
 contract's invoke route (``hosting.py``), which SageMaker's front end wraps itself.
 
 ``SageMakerRouter`` is the MLServer model, loaded at start-up from
-``model-settings/model-settings.json``, that sets this up; it must run in the
-main process (``parallel_workers: 0`` in that file).
+``model-settings/model-settings.json``, that sets this up (the middleware, and V2
+calls routed through the lifecycle); it must run in the main process
+(``parallel_workers: 0`` in that file).
 """
 
 import hmac
@@ -33,7 +34,7 @@ from .errors import (
     BadPayload,
     BrokenModel,
     InvalidRequest,
-    InvalidTarget,
+    BadTargetHeader,
     MMEError,
     RequestTooLarge,
     Unauthorized,
@@ -41,10 +42,11 @@ from .errors import (
 )
 from .hosting import HostingRoutes, hosting_error
 from .lifecycle import ModelLifecycle
-from .naming import InvalidTargetModel, target_of, validate_target
+from .lifecycle.v2 import V2Gate
+from .naming import NotATargetPath, target_of, validate_target
 from .offload import BatchPool, is_batch, is_big_answer
 from .payloads import Features, decode, encode, negotiate
-from .repository import serving_repository
+from .repository import MMERepository
 from .runtimes.xgboost import XGBoostModel
 from .sigv4 import SigV4Verifier
 
@@ -57,17 +59,22 @@ MAX_CUSTOM_ATTRIBUTES = 1024  # SageMaker's limit
 class SageMakerRouter(MLModel):
     async def load(self) -> bool:
         mlserver_internals.check()
-        repository = serving_repository()
-        registry = mlserver_internals.loading_registry()
-        lifecycle = ModelLifecycle(registry, repository, repository.settings)
-        repository.lifecycle = lifecycle
+        parts = mlserver_internals.mlserver_parts()
+        repository = parts.repository
+        if not isinstance(repository, MMERepository):
+            raise RuntimeError(
+                "settings.json must set model_repository_implementation to mlserver_mme.repository.MMERepository"
+            )
+        lifecycle = ModelLifecycle(parts.registry, repository, repository.settings)
+        gate = V2Gate(lifecycle, folder_models=await repository.folder_model_names())
+        mlserver_internals.route_v2_calls(parts, gate.using, gate.load, gate.unload)
         mlserver_internals.put_in_front(
-            mlserver_internals.rest_app(registry), SageMakerRoutes, lifecycle=lifecycle, settings=repository.settings
+            parts.rest_app, SageMakerMiddleware, lifecycle=lifecycle, settings=repository.settings
         )
         return True
 
 
-class SageMakerRoutes:
+class SageMakerMiddleware:
     """ASGI middleware answering SageMaker's runtime routes, passing everything else on.
 
     It also guards what follows it: the management routes need the admin token
@@ -130,7 +137,7 @@ class SageMakerRoutes:
             for item in items:
                 try:
                     item["target_model"] = target_of(item["name"])
-                except InvalidTargetModel:
+                except NotATargetPath:
                     pass  # the router, or a model not from the prefix
             body = json.dumps(items).encode()
         kept = [(name, value) for name, value in start.get("headers", []) if name != b"content-length"]
@@ -167,14 +174,14 @@ class SageMakerRoutes:
             if hosted_model is None:
                 target = header(headers, b"x-amzn-sagemaker-target-model")
                 if target is None:
-                    raise InvalidTarget(
+                    raise BadTargetHeader(
                         "The endpoint is a multi-model endpoint and the request is missing a target model header "
                         "(X-Amzn-SageMaker-Target-Model)."
                     )
                 try:
                     validate_target(target)
-                except InvalidTargetModel as error:
-                    raise InvalidTarget(f"Invalid target model '{target[:100]}': {error}.") from None
+                except NotATargetPath as error:
+                    raise BadTargetHeader(f"Invalid target model '{target[:100]}': {error}.") from None
             response_kind = negotiate(header(headers, b"accept"))
             work = self.batches.run if is_batch(body) else _inline
             features = await work(decode, body, header(headers, b"content-type"))
@@ -182,7 +189,7 @@ class SageMakerRoutes:
                 entry = await self.lifecycle.acquire(target)
             else:
                 # The hosting contract names the model in the path (SageMaker forwards TargetModel as is).
-                entry = self.lifecycle.acquire_hosted(hosted_model)
+                entry = self.lifecycle.hosted.acquire(hosted_model)
             values_per_row = entry.model.values_per_row if isinstance(entry.model, XGBoostModel) else 1
             if is_big_answer(features.shape[0], values_per_row):
                 work = self.batches.run

@@ -23,7 +23,7 @@ class ObjectMissing(LookupError):
         self.location = location
 
 
-class StoreUnavailable(OSError):
+class StoreUnreachable(OSError):
     """The store could not be reached or refused the request."""
 
 
@@ -140,7 +140,7 @@ class S3Store:
 
 
 class _s3_errors:
-    """Turn botocore's errors into ObjectMissing / StoreUnavailable."""
+    """Turn botocore's errors into ObjectMissing / StoreUnreachable."""
 
     def __init__(self, location: str):
         self.location = location
@@ -158,7 +158,7 @@ class _s3_errors:
             # S3 answers 403 for a missing key when listing is not allowed: both are "not there".
             if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket", "403", "AccessDenied", "Forbidden"):
                 raise ObjectMissing(self.location) from None
-            raise StoreUnavailable(f"S3 refused {self.location}: {code or error}") from None
+            raise StoreUnreachable(f"S3 refused {self.location}: {code or error}") from None
         if isinstance(error, BotoCoreError):
-            raise StoreUnavailable(f"S3 could not be reached for {self.location}: {error}") from None
+            raise StoreUnreachable(f"S3 could not be reached for {self.location}: {error}") from None
         return False

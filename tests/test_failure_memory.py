@@ -1,15 +1,13 @@
 """Remembered failures: many distinct bad targets cost a bounded amount of memory."""
 
 import tracemalloc
-import types
 
-from mlserver_mme.config import MMESettings
 from mlserver_mme.errors import ArtifactNotFound
-from mlserver_mme.lifecycle import MAX_REMEMBERED_FAILURE_BYTES, ModelLifecycle
+from mlserver_mme.lifecycle.failures import MAX_REMEMBERED_FAILURE_BYTES, FailureMemory
 
 
-def lifecycle() -> ModelLifecycle:
-    return ModelLifecycle(registry=None, repository=types.SimpleNamespace(cache=None), settings=MMESettings())
+def failure_memory() -> FailureMemory:
+    return FailureMemory(ttl=10.0)
 
 
 def not_found(index: int) -> ArtifactNotFound:
@@ -21,21 +19,21 @@ def not_found(index: int) -> ArtifactNotFound:
 
 
 def test_seventy_thousand_distinct_failures_stay_bounded():
-    memory = lifecycle()
+    memory = failure_memory()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for index in range(70_000):
-        memory._remember_failure(f"name-{index:08d}" + "y" * 1000, not_found(index))
+        memory.remember(f"name-{index:08d}" + "y" * 1000, not_found(index))
     grown = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert memory._failure_bytes <= MAX_REMEMBERED_FAILURE_BYTES + 4096
+    assert memory.bytes <= MAX_REMEMBERED_FAILURE_BYTES + 4096
     assert grown < 20 * 1024 * 1024, grown
-    assert len(memory._failures) < 70_000
+    assert len(memory) < 70_000
     newest = f"name-{69_999:08d}" + "y" * 1000
-    assert newest in memory._failures  # the oldest make room, the newest is kept
+    assert newest in memory  # the oldest make room, the newest is kept
 
 
 def test_a_remembered_failure_keeps_no_traceback():
-    memory = lifecycle()
-    memory._remember_failure("m", not_found(1))
+    memory = failure_memory()
+    memory.remember("m", not_found(1))
     assert memory._failures["m"][1].__traceback__ is None

@@ -20,7 +20,7 @@ from recordio_writer import _field, _varint, dense_records
 
 from mlserver_mme import payloads
 from mlserver_mme.errors import BadPayload
-from mlserver_mme.naming import InvalidTargetModel, target_of, v2_name, validate_target
+from mlserver_mme.naming import NotATargetPath, target_of, v2_name, validate_target
 
 FUZZ = settings(
     max_examples=300,
@@ -305,7 +305,7 @@ NAME = re.compile(r"[A-Za-z0-9._~\-]+")
 def _valid(target: str) -> bool:
     try:
         validate_target(target)
-    except InvalidTargetModel:
+    except NotATargetPath:
         return False
     return True
 
@@ -315,7 +315,7 @@ def _valid(target: str) -> bool:
 def test_validate_target_returns_it_or_refuses(target):
     try:
         assert validate_target(target) is target
-    except InvalidTargetModel:
+    except NotATargetPath:
         return
 
 
@@ -339,7 +339,7 @@ names = st.one_of(
 def test_only_names_from_v2_name_map_to_a_target(name):
     try:
         target = target_of(name)
-    except InvalidTargetModel:
+    except NotATargetPath:
         return
     assert validate_target(target) == target
     assert v2_name(target) == name
@@ -347,5 +347,5 @@ def test_only_names_from_v2_name_map_to_a_target(name):
 
 @pytest.mark.parametrize("name", ["", "~", "~~", "a~2f", "~C3~28~", "~ED~A0~80~"])
 def test_names_no_target_maps_to(name):
-    with pytest.raises(InvalidTargetModel):
+    with pytest.raises(NotATargetPath):
         target_of(name)

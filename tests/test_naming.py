@@ -3,7 +3,7 @@ import tracemalloc
 
 import pytest
 
-from mlserver_mme.naming import InvalidTargetModel, target_of, v2_name, validate_target
+from mlserver_mme.naming import NotATargetPath, target_of, v2_name, validate_target
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ def test_distinct_paths_get_distinct_names():
 
 @pytest.mark.parametrize("name", ["a~b", "~2f", "~", "a~2Fb~~", "~C3", "x~7", "~2F..~2Fetc", "a~2F~2Fb"])
 def test_names_no_path_maps_to_are_refused(name):
-    with pytest.raises(InvalidTargetModel):
+    with pytest.raises(NotATargetPath):
         target_of(name)
 
 
@@ -40,7 +40,7 @@ def test_names_no_path_maps_to_are_refused(name):
     ["", " a.tar.gz", "/abs.tar.gz", "a\\b.tar.gz", "a//b.tar.gz", "a/", "../a.tar.gz", "a/../../b", "./a", "a\x00b", "a\nb", "x" * 1025],
 )
 def test_invalid_targets(target):
-    with pytest.raises(InvalidTargetModel):
+    with pytest.raises(NotATargetPath):
         validate_target(target)
 
 
@@ -53,7 +53,7 @@ def test_tar_gz_alone_has_a_name():
     assert v2_name(".tar.gz") == ".tar.gz~"
     assert target_of(".tar.gz~") == ".tar.gz"
     assert v2_name("a/.tar.gz") == "a~2F"
-    with pytest.raises(InvalidTargetModel):
+    with pytest.raises(NotATargetPath):
         target_of("")
 
 

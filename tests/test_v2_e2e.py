@@ -52,7 +52,8 @@ def test_v2_load_infer_unload(server):
     assert output["data"] == EXPECTED["predictions"]["northeast/Boston_MA.tar.gz"]
     assert httpx.post(f"{server.url}/v2/repository/models/{name}/unload").status_code == 200
     assert index(server)[name]["state"] == "UNAVAILABLE"
-    assert v2_infer(server, name).status_code == 404
+    assert v2_infer(server, name).json()["outputs"][0]["data"] == output["data"]  # loaded again on first use
+    assert index(server)[name]["state"] == "READY"
 
 
 def test_v2_load_then_sagemaker_call_downloads_once(server, s3):

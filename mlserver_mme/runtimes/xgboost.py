@@ -7,7 +7,6 @@ format is told from the bytes, not the name. Pickles run code when loaded, so
 they are refused unless the operator allows them (``MLSERVER_MME_ALLOW_PICKLE``).
 """
 
-import asyncio
 import json
 import os
 import pickle
@@ -21,8 +20,9 @@ from mlserver import MLModel
 from mlserver.codecs import NumpyRequestCodec
 from mlserver.types import InferenceRequest, InferenceResponse
 
-from ..errors import BadPayload, BrokenModel, ModelNotReady, describe
+from ..errors import BadPayload, BrokenModel, ModelStillLoading, describe
 from ..payloads import MAX_ROWS, Features
+from ..threads import in_loads
 from .gtil import Predictor, exact_gtil
 
 PREFERRED_FILES = ("xgboost-model", "model.json", "model.ubj", "model.bst")
@@ -200,10 +200,10 @@ class XGBoostModel(MLModel):
         path = find_model_file(parameters.uri)
         # Reading and parsing a model takes milliseconds to seconds: keep it off the event loop.
         nthread = int(options.get("nthread", 1))
-        self._booster = await asyncio.to_thread(load_booster, path, bool(options.get("allow_pickle", False)), nthread)
+        self._booster = await in_loads(load_booster, path, bool(options.get("allow_pickle", False)), nthread)
         self._num_features = self._booster.num_features()
         self._outputs = outputs_per_row(self._booster)
-        self._gtil = await asyncio.to_thread(_gtil_for, self._booster, path, nthread)
+        self._gtil = await in_loads(_gtil_for, self._booster, path, nthread)
         return True
 
     @property
@@ -233,7 +233,7 @@ class XGBoostModel(MLModel):
         # while this runs in a batch thread; the prediction under way keeps what it took.
         booster, gtil = self._booster, self._gtil
         if booster is None:
-            raise ModelNotReady("The model was unloaded while the request waited; retry it.")
+            raise ModelStillLoading("The model was unloaded while the request waited; retry it.")
         try:
             if gtil is not None and features.shape[0] <= GTIL_MAX_ROWS:
                 return gtil(features)

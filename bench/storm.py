@@ -1,0 +1,66 @@
+"""V2 load/unload storms during SageMaker traffic on the same models.
+
+Two clients loop V2 ``load``/``unload`` of two models while two clients invoke those and
+two other models over ``/invocations``, with room for 3 loaded models, until the SageMaker
+clients have sent ``--requests`` requests. Then each model is invoked once more: a race
+that was remembered as a failure shows there.
+
+    python bench/storm.py --requests 1000
+"""
+
+import argparse
+import asyncio
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import mme_server, s3_with_models  # noqa: E402
+from mixed_traffic import TRANSPORT_ERROR, Tally, invoke, run, v2_load_unload  # noqa: E402
+
+CHURNED = ["NewYork_NY.tar.gz", "LosAngeles_CA.tar.gz"]
+STEADY = ["Chicago_IL.tar.gz", "Houston_TX.tar.gz"]
+
+
+async def storm(url: str, requests: int, seed: int) -> Tally:
+    tally = Tally()
+    clients = [v2_load_unload([CHURNED[0]]), v2_load_unload([CHURNED[1]]),
+               invoke(CHURNED + STEADY), invoke(CHURNED + STEADY)]
+    await run(url, clients, tally, seed, stop=lambda: tally.count("invoke") >= requests)
+    return tally
+
+
+async def after(url: str) -> Tally:
+    tally = Tally()
+    for target in CHURNED + STEADY:
+        done = []
+        await run(url, [invoke([target])], tally, 0, stop=lambda: bool(done) or done.append(1))
+    return tally
+
+
+def summary(tally: Tally) -> dict:
+    failed_invokes = sum(n for (kind, status), n in tally.statuses.items() if kind == "invoke" and status != 200)
+    v2_5xx = sum(n for (kind, status), n in tally.statuses.items()
+                 if kind.startswith("v2") and isinstance(status, int) and status >= 500)
+    dropped = sum(n for (_, status), n in tally.statuses.items() if status == TRANSPORT_ERROR)
+    return {"invokes": tally.count("invoke"), "failed_invokes": failed_invokes, "v2_calls": tally.count("v2-load") + tally.count("v2-unload"),
+            "v2_5xx": v2_5xx, "dropped": dropped}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    with s3_with_models(CHURNED + STEADY) as s3, mme_server(s3, max_loaded_models=3) as server:
+        during = asyncio.run(storm(server.url, args.requests, args.seed))
+        afterwards = asyncio.run(after(server.url))
+    print("during the storm:", summary(during))
+    print("statuses:", dict(sorted((f"{k}:{s}", n) for (k, s), n in during.statuses.items())))
+    for key, body in during.examples.items():
+        print("  e.g.", key, body)
+    print("one request per model afterwards:", {f"{k}:{s}": n for (k, s), n in afterwards.statuses.items()})
+
+
+if __name__ == "__main__":
+    main()

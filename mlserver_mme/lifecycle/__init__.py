@@ -1,0 +1,197 @@
+"""The memory tier: which models are loaded, loading each once, unloading the least used.
+
+Every way in goes through here: SageMaker requests (``acquire``/``release``), V2 calls
+(``v2.py``: inference, metadata, repository load and unload, over REST and gRPC),
+SageMaker's hosting contract (``hosted.py``), updates (``revalidation.py``) and the
+budgets (``budgets.py``). Each model has one entry and one state (``entries.py``),
+changed only here; operations on one model take turns, operations on different models
+run side by side.
+
+- A loaded model is a dictionary look-up away. Otherwise one load runs per model
+  (however many requests wait for it) and each request waits at most
+  ``load_wait_timeout`` before ``ModelStillLoading``; the load goes on.
+- An unload (a V2 or hosting call, or the budgets) waits for the model's requests in
+  flight; requests that arrive meanwhile wait for it to end and load the model again.
+- An artifact's own faults are remembered for ``failure_ttl`` seconds (``failures.py``).
+- Models MLServer loaded at start-up (``preload``) are adopted on first use, pinned.
+"""
+
+import asyncio
+import copy
+import logging
+import time
+from typing import Awaitable, Callable, Set
+
+from mlserver import MLModel
+from mlserver.settings import ModelSettings
+
+from ..config import MMESettings, preload_targets
+from ..errors import ModelStillLoading, ModelTooLarge
+from ..memory import parse_size, total_memory
+from ..metrics import metrics
+from ..naming import v2_name
+from .budgets import Budgets
+from .entries import Entry, ModelTable, State
+from .failures import ARTIFACT_FAULTS, FailureMemory
+from .hosted import HostedModels
+from .loading import RegistryLoader
+from .revalidation import Revalidator
+
+__all__ = ["Entry", "ModelLifecycle", "State"]
+
+logger = logging.getLogger("mlserver.mme")
+
+Prepare = Callable[[Entry], Awaitable[ModelSettings]]
+
+
+class ModelLifecycle:
+    def __init__(self, registry, repository, settings: MMESettings):
+        self.registry = registry
+        self.repository = repository
+        self.cache = repository.cache
+        self.settings = settings
+        self.memory_limit = parse_size(settings.memory_limit, total_memory()) if settings.memory_limit else None
+        self.pinned = {v2_name(target) for target in preload_targets(settings)}
+        self.models = ModelTable()
+        self.failures = FailureMemory(settings.failure_ttl)
+        self.loader = RegistryLoader(registry)
+        self.budgets = Budgets(self.models, self._unload_idle, settings.max_loaded_models, self.memory_limit, self.cache)
+        self.hosted = HostedModels(self)
+        self.revalidator = Revalidator(self, settings.revalidate_after)
+        self._loads: Set[asyncio.Task] = set()  # strong references: the loop keeps weak ones
+        self._metrics = metrics()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def acquire(self, target: str) -> Entry:
+        """The loaded model of ``target``, counted in flight until ``release``; loaded first if need be."""
+        entry = self.models.get(v2_name(target))
+        if entry is not None and entry.state is State.READY:
+            self._metrics.hits.inc()
+            return self.use(entry)
+        started = time.perf_counter()
+        entry = await self._ready(target)
+        self._metrics.misses.inc()
+        self._metrics.loading_wait.observe(time.perf_counter() - started)
+        return self.use(entry)
+
+    @staticmethod
+    def release(entry: Entry) -> None:
+        entry.release()
+
+    def use(self, entry: Entry) -> Entry:
+        entry.in_flight += 1
+        self.models.touch(entry)
+        self.revalidator.maybe_start(entry)
+        return entry
+
+    async def _ready(self, target: str) -> Entry:
+        """Wait for ``target``'s model to be READY, starting its load if no one has."""
+        name = v2_name(target)
+        deadline = time.monotonic() + self.settings.load_wait_timeout
+        while True:
+            entry = self.models.get(name)
+            if entry is None:
+                self.failures.raise_if_remembered(name)
+                entry = self.start_load(target, name, self._fetch)
+            if entry.state is State.READY:
+                return entry
+            # loading: wait for its outcome; unloading: wait for it to end, then load again
+            awaited = entry.gone if entry.state is State.UNLOADING else entry.loaded
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                await asyncio.wait((awaited,), timeout=remaining)
+            if not awaited.done():
+                raise ModelStillLoading(f"Model '{target}' is still loading; retry shortly.")
+            if awaited is entry.loaded:
+                await self.outcome(awaited)
+
+    @staticmethod
+    async def outcome(loaded: asyncio.Future) -> None:
+        """Wait for a load to end; raise its error: a copy per waiter, as many may share it."""
+        await asyncio.wait((loaded,))  # shares the future without cancelling it if this waiter is
+        error = loaded.exception()
+        if error is not None:
+            raise copy.copy(error)  # no traceback nor cause: responses and memory stay small
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def start_load(self, target: str, name: str, prepare: Prepare, pinned: bool = False, hosted: bool = False) -> Entry:
+        """Put a FETCHING entry for ``name`` in the table and start its load; ``entry.loaded`` tells the outcome."""
+        entry = Entry(target, name, pinned=pinned or name in self.pinned, hosted=hosted)
+        self.models.add(entry)
+        task = asyncio.ensure_future(self._load(entry, prepare))
+        self._loads.add(task)
+        task.add_done_callback(self._loads.discard)
+        return entry
+
+    async def _fetch(self, entry: Entry) -> ModelSettings:
+        return await self.repository.settings_for(entry.target)
+
+    async def _load(self, entry: Entry, prepare: Prepare) -> None:
+        try:
+            async with entry.operation:
+                model = await self.loader.registered(entry.name)
+                if model is not None:  # preloaded by MLServer at start-up
+                    entry.model, entry.etag = model, _extra(model).get("etag", "")
+                else:
+                    await self._load_artifact(entry, prepare)
+                self.models.set_state(entry, State.READY)
+        except BaseException as error:
+            self.models.remove(entry)
+            if isinstance(error, ARTIFACT_FAULTS) and not entry.hosted:
+                self.failures.remember(entry.name, error)
+            if isinstance(error, Exception):
+                logger.info("event=load-failed model=%s error=%s", entry.target, getattr(error, "sagemaker_code", type(error).__name__))
+                entry.loaded.set_exception(error)
+                return
+            entry.loaded.cancel()
+            raise
+        self.failures.forget(entry.name)
+        entry.loaded.set_result(None)
+        logger.info("event=ready model=%s loaded=%d", entry.target, self.models.ready_count())
+        await self.budgets.trim_disk()
+
+    async def _load_artifact(self, entry: Entry, prepare: Prepare) -> None:
+        settings = await prepare(entry)  # download, unpack and check (or the disk cache)
+        self.models.set_state(entry, State.LOADING)
+        await self.budgets.make_room(entry)  # only now: a missing artifact unloads nothing
+        entry.model, entry.memory_bytes = await self.loader.load(entry.target, settings)
+        entry.etag = settings.parameters.extra.get("etag", "")
+        if not await self.budgets.fits(entry) and (entry.hosted or not entry.pinned):
+            alone = self.models.ready_count() == 0
+            await self._unload_locked(entry, "memory")
+            error = ModelTooLarge(
+                f"Model '{entry.target}' does not fit in the memory limit of {self.memory_limit} bytes "
+                f"(measured with it loaded and nothing else left to unload)."
+            )
+            if alone and not entry.hosted:  # too large by itself: the artifact's fault
+                self.failures.remember(entry.name, error)
+            raise error
+
+    # -- unloading --------------------------------------------------------------------------
+
+    async def unload(self, entry: Entry, reason: str) -> bool:
+        """Unload ``entry`` once the operation under way ends; False if it was gone or failed to load."""
+        async with entry.operation:
+            if self.models.get(entry.name) is not entry:
+                return False
+            await self._unload_locked(entry, reason)
+            return True
+
+    async def _unload_idle(self, entry: Entry, reason: str) -> None:
+        """The budgets' unload: ``entry`` is idle and its lock free, so this never waits on it."""
+        await self.unload(entry, reason)
+
+    async def _unload_locked(self, entry: Entry, reason: str) -> None:
+        self.models.set_state(entry, State.UNLOADING)
+        try:
+            await entry.drained()
+            await self.loader.unload(entry, reason)
+        finally:
+            self.models.remove(entry)
+
+
+def _extra(model: MLModel) -> dict:
+    parameters = model.settings.parameters
+    return (parameters.extra or {}) if parameters is not None else {}

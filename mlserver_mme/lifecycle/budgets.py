@@ -1,0 +1,65 @@
+"""The memory and disk budgets: which models to unload, and which artifacts to delete, when.
+
+``max_loaded_models`` counts loading and loaded models that are not pinned; room is
+made for a model once its artifact was fetched, so a request for a missing model unloads
+nothing. ``memory_limit`` is checked with the model loaded, by measuring the server's
+processes. Victims are the least recently used models that can go at once: loaded, not
+pinned, no request in flight, no operation of their own under way. One pass runs at a
+time; disk deletions run outside it.
+"""
+
+import asyncio
+from typing import Awaitable, Callable, Optional
+
+from ..cache import ArtifactCache
+from ..memory import process_tree_memory
+from ..metrics import metrics
+from ..naming import v2_name
+from .entries import Entry, ModelTable
+
+Unload = Callable[[Entry, str], Awaitable[None]]
+
+
+class Budgets:
+    def __init__(self, models: ModelTable, unload: Unload, max_loaded_models: Optional[int],
+                 memory_limit: Optional[int], cache: ArtifactCache):
+        self.models = models
+        self.unload = unload  # (entry, reason): unloads an idle model right away
+        self.max_loaded_models = max_loaded_models
+        self.memory_limit = memory_limit
+        self.cache = cache
+        self._pass = asyncio.Lock()
+
+    async def make_room(self, protect: Entry) -> None:
+        """Before ``protect`` loads: unload others until it fits the count (as far as they can go)."""
+        async with self._pass:
+            await self._enforce_count(protect)
+
+    async def fits(self, protect: Entry) -> bool:
+        """With ``protect`` loaded: apply both budgets; False if memory is still over with nothing left to unload."""
+        async with self._pass:
+            await self._enforce_count(protect)
+            if self.memory_limit is None:
+                return True
+            used = process_tree_memory()
+            while used > self.memory_limit:
+                victim = self.models.victim(protect)
+                if victim is None:
+                    break
+                await self.unload(victim, "memory")
+                used = process_tree_memory()
+            metrics().memory_bytes.set(used)
+            return used <= self.memory_limit
+
+    async def _enforce_count(self, protect: Entry) -> None:
+        if self.max_loaded_models is None:
+            return
+        while self.models.counted() > self.max_loaded_models:
+            victim = self.models.victim(protect)
+            if victim is None:
+                break  # the others are busy: over the count until they are not
+            await self.unload(victim, "count")
+
+    async def trim_disk(self) -> None:
+        """Delete least recently used artifacts of models the lifecycle does not hold, down to the disk limit."""
+        await self.cache.evict_to_budget(in_use=lambda target: v2_name(target) in self.models)

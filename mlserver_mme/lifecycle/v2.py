@@ -1,0 +1,73 @@
+"""V2 calls through the lifecycle, over REST and gRPC alike (MLServer's two servers share one set of handlers).
+
+- Inference, metadata and readiness of a model under the prefix load it on first use, as
+  SageMaker requests do, count it in flight (an unload waits for it) and refresh its
+  place in the LRU order.
+- Repository ``load`` loads through the same single flight and budgets (a loaded model
+  stays as it is: no second instance, no second download); ``unload`` waits for the
+  model's requests in flight and its operation under way.
+- Names that are not the prefix's (the models of the ``mlserver start`` folder, the
+  router) go to MLServer's own handlers unchanged.
+"""
+
+import contextlib
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional
+
+from mlserver.errors import ModelNotFound
+
+from ..naming import NotATargetPath, target_of
+from . import ModelLifecycle
+from .entries import State
+
+Handler = Callable[..., Awaitable]
+
+
+class V2Gate:
+    def __init__(self, lifecycle: ModelLifecycle, folder_models: Iterable[str]):
+        self.lifecycle = lifecycle
+        self.folder_models = frozenset(folder_models)  # served as MLServer serves them
+
+    def target(self, name: str) -> Optional[str]:
+        """The target path of a prefix model's V2 name; None for any other name."""
+        entry = self.lifecycle.models.get(name)
+        if entry is not None:
+            return None if entry.hosted else entry.target
+        if name in self.folder_models:
+            return None
+        try:
+            return target_of(name)
+        except NotATargetPath:
+            return None
+
+    @contextlib.asynccontextmanager
+    async def using(self, name: str) -> AsyncIterator[None]:
+        """Around a V2 call on ``name``: its model loaded and counted in flight, if it is the lifecycle's."""
+        entry = self.lifecycle.models.get(name)
+        if entry is not None and entry.state is State.READY:
+            self.lifecycle._metrics.hits.inc()
+            entry = self.lifecycle.use(entry)
+        else:
+            target = self.target(name)
+            if target is None:
+                yield  # not ours: MLServer answers (404 for an unknown name)
+                return
+            entry = await self.lifecycle.acquire(target)
+        try:
+            yield
+        finally:
+            entry.release()
+
+    async def load(self, name: str, original: Handler) -> bool:
+        target = self.target(name)
+        if target is None:
+            return await original(name)
+        self.lifecycle.release(await self.lifecycle.acquire(target))
+        return True
+
+    async def unload(self, name: str, original: Handler) -> bool:
+        entry = self.lifecycle.models.get(name)
+        if entry is None:
+            return await original(name)  # not held by the lifecycle: MLServer's (404 if no one holds it)
+        if not await self.lifecycle.unload(entry, "request"):
+            raise ModelNotFound(name)  # its load failed meanwhile
+        return True
