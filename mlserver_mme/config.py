@@ -97,6 +97,10 @@ class MMESettings(BaseSettings):
     xgboost_nthread: int = 1
     """Threads per XGBoost prediction: 1 suits many small models and small requests."""
 
+    per_model_metrics_top_k: int = 50
+    """Models that get a ``model`` label value of their own in the per-model metrics (the busiest ones,
+    see ``model_metrics.py``); requests of the others count under ``model="other"``."""
+
     @classmethod
     def settings_customise_sources(
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings

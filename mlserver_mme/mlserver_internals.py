@@ -11,15 +11,20 @@ when they are not there.
 """
 
 import functools
+import gc
 import inspect
 import sys
 from dataclasses import dataclass
 from typing import AsyncContextManager, Awaitable, Callable
 
+import grpc
 import mlserver
+from grpc import aio
 from mlserver.cli import serve
+from mlserver.grpc import GRPCServer
 from mlserver.handlers import DataPlane, ModelRepositoryHandlers
 from mlserver.registry import MultiModelRegistry
+from mlserver.server import MLServer
 from starlette.middleware import Middleware
 
 SUPPORTED = "1.7."
@@ -39,10 +44,14 @@ def check() -> None:
     for method in ("load", "unload", "get_model", "get_models"):
         if not hasattr(MultiModelRegistry, method):
             problems.append(f"MultiModelRegistry.{method} is missing")
-    for owner, methods in ((DataPlane, ("infer", "model_ready", "model_metadata")), (ModelRepositoryHandlers, ("load", "unload"))):
+    routed = ((DataPlane, ("infer", "model_ready", "model_metadata")), (ModelRepositoryHandlers, ("load", "unload")))
+    for owner, methods in routed:
         for method in methods:
             if "name" not in inspect.signature(getattr(owner, method, lambda: None)).parameters:
                 problems.append(f"{owner.__name__}.{method}(name, ...) is missing")
+    for owner, method, attribute in _GRPC_CHAIN:
+        if attribute not in getattr(getattr(owner, method, None), "__code__", _NO_CODE).co_names:
+            problems.append(f"{owner.__name__}.{method} no longer sets {attribute}")
     if problems:
         raise UnsupportedMLServer("mlserver-mme cannot run on this MLServer: " + "; ".join(problems))
 
@@ -148,3 +157,56 @@ def _around_model(call, around_model):
             return await call(*args, **kwargs)
 
     return wrapped
+
+
+def replace_grpc_handlers(registry: MultiModelRegistry, replace: Callable) -> set:
+    """Pass the method handlers of MLServer's running gRPC server through ``replace(method, handler)``.
+
+    MLServer creates its gRPC server in ``GRPCServer.start()``, before any model loads, with
+    interceptors fixed at creation; ``grpc.aio`` takes no new one afterwards. A running
+    ``grpc.aio`` server finds a call's handler by the method's full name in dictionaries: the one
+    of methods registered with gRPC's core (``add_registered_method_handlers``, consulted first)
+    and one per generic handler (``method_handlers_generic_handler``). Every entry of both is
+    replaced here; the server's core holds them (``gc.get_referents`` lists what it holds). Returns
+    the full names of the methods seen.
+    """
+    server = _grpc_server(registry)
+    core = getattr(server, "_server", None)
+    registered, generic = [], []
+    for held in gc.get_referents(core) if core is not None else ():
+        if _is_handler_table(held):
+            registered.append(held)
+        elif isinstance(held, list):
+            tables = (getattr(handler, "_method_handlers", None) for handler in held)
+            generic += [table for table in tables if _is_handler_table(table)]
+    if not generic or (hasattr(server, "add_registered_method_handlers") and not registered):
+        raise UnsupportedMLServer("the method handlers of MLServer's gRPC server cannot be found")
+    seen = set()
+    for table in registered + generic:
+        for method, handler in list(table.items()):
+            table[method] = replace(method, handler)
+            seen.add(method)
+    return seen
+
+
+def _grpc_server(registry: MultiModelRegistry):
+    """MLServer's ``grpc.aio`` server: the MLServer behind the registry's load hooks holds it."""
+    for hook in getattr(registry, "_on_model_load", []):
+        grpc_server = getattr(getattr(getattr(hook, "__self__", None), "_grpc_server", None), "_server", None)
+        if isinstance(grpc_server, aio.Server):
+            return grpc_server
+    raise UnsupportedMLServer("MLServer's gRPC server cannot be found from its model registry")
+
+
+def _is_handler_table(held) -> bool:
+    return (
+        isinstance(held, dict)
+        and bool(held)
+        and all(isinstance(key, str) and key.startswith("/") for key in held)
+        and all(isinstance(handler, grpc.RpcMethodHandler) for handler in held.values())
+    )
+
+
+# What the gRPC server is reached through: (class, method, the attribute that method sets).
+_GRPC_CHAIN = ((MLServer, "_create_servers", "_grpc_server"), (GRPCServer, "_create_server", "_server"))
+_NO_CODE = (lambda: None).__code__

@@ -19,6 +19,7 @@ import hmac
 import json
 import logging
 import random
+import time
 from typing import Optional
 
 import numpy as np
@@ -31,24 +32,28 @@ from . import mlserver_internals
 from .asgi import header, read_body, respond, respond_json
 from .config import MMESettings, comma_list, sigv4_keys
 from .errors import (
+    ArtifactNotFound,
     BadPayload,
+    BadTargetHeader,
     BrokenModel,
     InvalidRequest,
-    BadTargetHeader,
     MMEError,
     RequestTooLarge,
     Unauthorized,
     describe,
 )
+from .grpc_guard import guard_repository_calls
 from .hosting import HostingRoutes, hosting_error
 from .lifecycle import ModelLifecycle
 from .lifecycle.v2 import V2Gate
+from .model_metrics import OTHER, model_metrics
 from .naming import NotATargetPath, target_of, validate_target
 from .offload import BatchPool, is_batch, is_big_answer
 from .payloads import Features, decode, encode, negotiate
 from .repository import MMERepository
 from .runtimes.xgboost import XGBoostModel
 from .sigv4 import SigV4Verifier
+from .v2_compat import V2CompatMiddleware
 
 logger = logging.getLogger("mlserver.mme")
 
@@ -68,6 +73,8 @@ class SageMakerRouter(MLModel):
         lifecycle = ModelLifecycle(parts.registry, repository, repository.settings)
         gate = V2Gate(lifecycle, folder_models=await repository.folder_model_names())
         mlserver_internals.route_v2_calls(parts, gate.using, gate.load, gate.unload)
+        guard_repository_calls(parts.registry, repository.settings)
+        mlserver_internals.put_in_front(parts.rest_app, V2CompatMiddleware, settings=repository.settings)
         mlserver_internals.put_in_front(
             parts.rest_app, SageMakerMiddleware, lifecycle=lifecycle, settings=repository.settings
         )
@@ -90,6 +97,7 @@ class SageMakerMiddleware:
         self.verifier = SigV4Verifier(keys) if keys else None
         self.admin_token = settings.admin_token.encode() if settings.admin_token else None
         self.batches = BatchPool()
+        self.model_metrics = model_metrics(settings.per_model_metrics_top_k)
         self.hosting = None
         if settings.sagemaker_multi_model:
             self.hosting = HostingRoutes(lifecycle, comma_list(settings.hosting_roots), self.invoke)
@@ -151,6 +159,8 @@ class SageMakerMiddleware:
         """Answer an invocation: of the target model, or of ``hosted_model`` (hosting contract)."""
         request_id = new_request_id()
         answer_error = error_response if hosted_model is None else hosting_error
+        started = time.perf_counter()
+        model, code = hosted_model, "200"  # for the per-model metrics
         try:
             if sum(len(name) + len(value) for name, value in scope["headers"]) > self.settings.max_header_bytes:
                 raise RequestTooLarge(f"The request headers are larger than {self.settings.max_header_bytes} bytes.")
@@ -182,6 +192,7 @@ class SageMakerMiddleware:
                     validate_target(target)
                 except NotATargetPath as error:
                     raise BadTargetHeader(f"Invalid target model '{target[:100]}': {error}.") from None
+                model = target
             response_kind = negotiate(header(headers, b"accept"))
             work = self.batches.run if is_batch(body) else _inline
             features = await work(decode, body, header(headers, b"content-type"))
@@ -212,10 +223,17 @@ class SageMakerMiddleware:
                 ],
             )
         except MMEError as error:
+            code = error.sagemaker_code
+            if isinstance(error, ArtifactNotFound):
+                model = OTHER  # names of missing models never take a label value of their own
             await answer_error(send, error, request_id)
         except Exception:
+            code = MMEError.sagemaker_code
             logger.exception("request %s failed", request_id)
             await answer_error(send, MMEError("An internal error occurred."), request_id)
+        finally:
+            if model is not None:
+                self.model_metrics.record(model, code, time.perf_counter() - started)
 
 
 def new_request_id() -> str:

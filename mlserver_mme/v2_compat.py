@@ -1,0 +1,413 @@
+"""V2 REST requests as tritonclient sends them: binary tensors and an empty index body.
+
+MLServer's REST API reads V2 requests as JSON only, while NVIDIA's tritonclient,
+the V2 client most people use, sends tensors with the KServe V2 *binary tensor
+data* extension by default, and asks for its repository index with no body at
+all (every field of that request is optional). This ASGI middleware, placed
+before MLServer's app, bridges the two:
+
+- ``POST /v2/repository/index`` with an empty body is passed on as ``{}``.
+- ``POST /v2/models/{name}[/versions/{v}]/infer`` with an
+  ``Inference-Header-Content-Length: N`` header: the body's first N bytes are
+  the JSON request, and each input whose ``parameters.binary_data_size`` is set
+  takes that many bytes, in order, from what follows (little-endian values in
+  row-major order; ``BYTES`` elements each after a 4-byte length). The request
+  is passed on as the JSON request it stands for. ``gzip`` and ``deflate``
+  bodies are inflated first. Bodies over ``MLSERVER_MME_MAX_PAYLOAD_BYTES``
+  (before and after inflating) are refused with 413, malformed ones with 400,
+  both in MLServer's ``{"error": "..."}`` shape. NaN values travel as JSON
+  ``null``, which MLServer reads back as NaN; infinities, which JSON cannot
+  carry, are refused.
+- Outputs asked in binary, by ``parameters.binary_data_output`` on the request
+  or ``parameters.binary_data`` on a requested output (which wins), come back
+  as raw bytes after the JSON answer, each with ``parameters.binary_data_size``,
+  and the answer carries ``Inference-Header-Content-Length``. This holds for
+  JSON requests too, as the extension says.
+
+Any other request, and the answer to a JSON request that asks for no binary
+output, is passed on byte for byte.
+"""
+
+import re
+import struct
+import zlib
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+import orjson
+
+from .asgi import read_body, respond, respond_json
+from .config import MMESettings
+from .errors import MMEError, RequestTooLarge
+from .offload import BatchPool, is_batch
+
+HEADER_LENGTH = b"inference-header-content-length"
+INDEX_PATH = "/v2/repository/index"
+INFER_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer")
+MAX_INDEX_BODY = 64 * 1024
+
+# V2 datatypes with a fixed size, as numpy reads them from the wire (little-endian).
+DTYPES = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+_LENGTH = struct.Struct("<I")
+_JSON_HEADERS = (b"content-length", b"content-type", b"content-encoding", HEADER_LENGTH)
+
+
+class MalformedRequest(ValueError):
+    """A binary request that cannot be read; the message says why (answered 400)."""
+
+
+class BinaryChoice(NamedTuple):
+    """Which outputs a request wants in binary: by name, else the request's default."""
+
+    default: bool
+    named: Dict[str, bool]
+
+    def wants(self, name: str) -> bool:
+        return self.named.get(name, self.default)
+
+
+# --- requests -------------------------------------------------------------------------------------
+
+
+def json_request(body: bytes, header_length: int) -> dict:
+    """The JSON V2 request that a binary one (JSON header, then tensor bytes) stands for."""
+    if not 0 < header_length <= len(body):
+        raise MalformedRequest(
+            f"Inference-Header-Content-Length is {header_length} but the body holds {len(body)} bytes"
+        )
+    try:
+        request = orjson.loads(body[:header_length])
+    except orjson.JSONDecodeError:
+        raise MalformedRequest("the inference header is not valid JSON") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+        raise MalformedRequest("the inference header must be a JSON object with a list of inputs")
+    view, offset = memoryview(body), header_length
+    for tensor in request["inputs"]:
+        if not isinstance(tensor, dict):
+            raise MalformedRequest("each input must be a JSON object")
+        parameters = tensor.get("parameters")
+        if not isinstance(parameters, dict) or "binary_data_size" not in parameters:
+            continue
+        size = parameters.pop("binary_data_size")
+        if not parameters:
+            del tensor["parameters"]
+        name = str(tensor.get("name"))[:100]
+        if type(size) is not int or size < 0:
+            raise MalformedRequest(f"input '{name}': binary_data_size must be a non-negative integer")
+        if offset + size > len(body):
+            raise MalformedRequest(f"input '{name}': binary_data_size runs past the end of the body")
+        if "data" in tensor:
+            raise MalformedRequest(f"input '{name}' has both data and binary_data_size")
+        tensor["data"] = tensor_values(view[offset : offset + size], tensor.get("datatype"), tensor.get("shape"), name)
+        offset += size
+    if offset != len(body):
+        raise MalformedRequest(f"{len(body) - offset} bytes after the inputs' binary data belong to no input")
+    return request
+
+
+def tensor_values(raw: memoryview, datatype, shape, name: str = "") -> list:
+    """A tensor's bytes as the flat list of values a JSON V2 request carries."""
+    count = _element_count(shape, name)
+    if datatype == "BYTES":
+        return [_utf8(element, name) for element in split_bytes(raw, count, name)]
+    dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise MalformedRequest(f"input '{name}': datatype {str(datatype)[:20]!r} cannot be sent as binary data here")
+    if len(raw) != count * dtype.itemsize:
+        raise MalformedRequest(
+            f"input '{name}': {len(raw)} bytes of binary data for {count} {datatype} values "
+            f"({count * dtype.itemsize} bytes)"
+        )
+    values = np.frombuffer(raw, dtype)
+    if dtype.kind == "f" and np.isinf(values).any():
+        raise MalformedRequest(f"input '{name}': infinite values cannot be passed on as JSON")
+    return values.tolist()  # NaN becomes JSON null, which MLServer reads back as NaN
+
+
+def split_bytes(raw: memoryview, count: int, name: str = "") -> List[bytes]:
+    """``count`` BYTES elements, each a 4-byte little-endian length then that many bytes."""
+    elements, offset = [], 0
+    for _ in range(count):
+        if offset + 4 > len(raw):
+            raise MalformedRequest(f"input '{name}': the binary data holds fewer than {count} BYTES elements")
+        (length,) = _LENGTH.unpack_from(raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise MalformedRequest(f"input '{name}': a BYTES element runs past its binary data")
+        elements.append(bytes(raw[offset : offset + length]))
+        offset += length
+    if offset != len(raw):
+        raise MalformedRequest(f"input '{name}': the binary data holds more than {count} BYTES elements")
+    return elements
+
+
+def _utf8(element: bytes, name: str) -> str:
+    try:
+        return element.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedRequest(f"input '{name}': BYTES elements must be UTF-8 text to be passed on as JSON") from None
+
+
+def _element_count(shape, name: str) -> int:
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise MalformedRequest(f"input '{name}': shape must be a list of non-negative integers")
+    count = 1
+    for n in shape:
+        count *= n
+    return count
+
+
+def binary_choice(request: dict) -> Optional[BinaryChoice]:
+    """Which outputs a V2 request wants in binary, or None when it wants none."""
+    parameters = request.get("parameters")
+    default = isinstance(parameters, dict) and parameters.get("binary_data_output") is True
+    named = {}
+    outputs = request.get("outputs")
+    for output in outputs if isinstance(outputs, list) else ():
+        options = output.get("parameters") if isinstance(output, dict) else None
+        if isinstance(options, dict) and isinstance(options.get("binary_data"), bool):
+            named[str(output.get("name"))] = options["binary_data"]
+    if not default and not any(named.values()):
+        return None
+    return BinaryChoice(default, named)
+
+
+def inflated(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """A ``gzip`` or ``deflate`` (zlib) body inflated, refused past ``limit`` bytes."""
+    if encoding in (b"", b"identity"):
+        return body
+    window = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}.get(encoding.strip().lower())
+    if window is None:
+        raise MalformedRequest(f"Content-Encoding {encoding.decode('latin-1')[:20]!r} is not supported")
+    inflater = zlib.decompressobj(window)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        raise MalformedRequest("the body is not valid compressed data") from None
+    if len(data) > limit:
+        raise RequestTooLarge(f"The inflated request body is larger than the limit of {limit} bytes.")
+    if not inflater.eof:
+        raise MalformedRequest("the compressed body is truncated")
+    return data
+
+
+# --- answers --------------------------------------------------------------------------------------
+
+
+def binary_answer(answer: bytes, choice: BinaryChoice) -> Optional[Tuple[bytes, int]]:
+    """MLServer's JSON answer with the chosen outputs' values moved after it as raw bytes.
+
+    Returns the new body and the length of its JSON part, or None when no output
+    could be moved (the JSON answer then goes out as it is).
+    """
+    response = orjson.loads(answer)
+    outputs = response.get("outputs") if isinstance(response, dict) else None
+    parts = []
+    for output in outputs if isinstance(outputs, list) else ():
+        if not isinstance(output, dict) or not choice.wants(str(output.get("name"))):
+            continue
+        raw = tensor_bytes(output)
+        if raw is None:
+            continue  # left in JSON, which V2 clients read as well
+        parameters = output.get("parameters")
+        if not isinstance(parameters, dict):
+            parameters = output["parameters"] = {}
+        parameters["binary_data_size"] = len(raw)
+        del output["data"]
+        parts.append(raw)
+    if not parts:
+        return None
+    header = orjson.dumps(response)
+    return header + b"".join(parts), len(header)
+
+
+def tensor_bytes(output: dict) -> Optional[bytes]:
+    """An output's values as the extension's raw bytes, or None if they cannot be (left in JSON)."""
+    datatype, data, shape = output.get("datatype"), output.get("data"), output.get("shape")
+    if not isinstance(data, list) or not isinstance(shape, list):
+        return None
+    try:
+        count = _element_count(shape, "")
+        if datatype == "BYTES":
+            elements = np.asarray(data, dtype=object).ravel()
+            if elements.size != count:
+                return None
+            encoded = [element.encode() if isinstance(element, str) else bytes(element) for element in elements]
+            return b"".join(_LENGTH.pack(len(element)) + element for element in encoded)
+        dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
+        if dtype is None:
+            return None
+        values = np.asarray(data, dtype=dtype)  # nested lists too; JSON null becomes NaN
+    except (MalformedRequest, TypeError, ValueError, OverflowError):
+        return None
+    return values.tobytes() if values.size == count else None
+
+
+# --- the middleware -------------------------------------------------------------------------------
+
+
+class V2CompatMiddleware:
+    """ASGI middleware: binary tensor data and an empty index body for MLServer's V2 REST API."""
+
+    def __init__(self, app, settings: MMESettings):
+        self.app = app
+        self.body_limit = settings.max_payload_bytes
+        self.pool = BatchPool()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path.endswith("/infer") and INFER_PATH.fullmatch(path):
+                return await self._infer(scope, receive, send)
+            if path == INDEX_PATH:
+                return await self._index(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    async def _index(self, scope, receive, send) -> None:
+        headers = dict(scope["headers"])
+        if headers.get(b"content-length", b"0") != b"0":
+            return await self.app(scope, receive, send)
+        try:
+            body = await read_body(receive, headers, MAX_INDEX_BODY)  # chunked or empty
+        except MMEError as error:
+            return await _error(send, error.v2_status, error.message)
+        if body.strip():
+            return await self.app(scope, _replaying([body], receive), send)
+        # Every field of the index request is optional: no body is an empty request.
+        await self.app(_with_json_body(scope, b"{}", keep_accept_encoding=True), _replaying([b"{}"], receive), send)
+
+    async def _infer(self, scope, receive, send) -> None:
+        headers = dict(scope["headers"])
+        declared = headers.get(HEADER_LENGTH)
+        if declared is None:
+            return await self._json_infer(scope, receive, send)
+        try:
+            if not declared.strip().isdigit():
+                raise MalformedRequest("Inference-Header-Content-Length must be a number of bytes")
+            body = await read_body(receive, headers, self.body_limit)
+            body = inflated(body, headers.get(b"content-encoding", b""), self.body_limit)
+            work = self.pool.run if is_batch(body) else _inline
+            payload, choice = await work(_to_json, body, int(declared))
+        except MalformedRequest as error:
+            return await _error(send, 400, f"Invalid binary tensor request: {error}")
+        except MMEError as error:
+            return await _error(send, error.v2_status, error.message)
+        scope = _with_json_body(scope, payload, keep_accept_encoding=choice is None)
+        await self._forward(scope, [payload], receive, send, choice)
+
+    async def _json_infer(self, scope, receive, send) -> None:
+        """A JSON request, passed on untouched; read first (up to the limit) to see if it wants binary outputs."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replaying(chunks, receive, complete=False, then=message), send)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if not message.get("more_body", False):
+                break
+            if size > self.body_limit:
+                # Too big to look at: passed on as it comes, and answered in JSON.
+                return await self.app(scope, _replaying(chunks, receive, complete=False), send)
+        body = b"".join(chunks)
+        choice = None
+        if b'"binary_data' in body:  # a cheap test first: most JSON clients never ask
+            try:
+                request = orjson.loads(body)
+                choice = binary_choice(request) if isinstance(request, dict) else None
+            except orjson.JSONDecodeError:
+                pass  # MLServer answers it
+        if choice is not None:
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"accept-encoding"]}
+        await self._forward(scope, [body], receive, send, choice)
+
+    async def _forward(self, scope, chunks, receive, send, choice: Optional[BinaryChoice]) -> None:
+        receive = _replaying(chunks, receive)
+        if choice is None:
+            return await self.app(scope, receive, send)
+        answer = {"start": None, "body": []}
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                answer["start"] = message
+            elif message["type"] == "http.response.body":
+                answer["body"].append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        start, body = answer["start"], b"".join(answer["body"])
+        if start is None:
+            return
+        converted = None
+        if start["status"] == 200:
+            work = self.pool.run if is_batch(body) else _inline
+            try:
+                converted = await work(binary_answer, body, choice)
+            except orjson.JSONDecodeError:
+                converted = None  # not a V2 answer: sent as it came
+        if converted is None:
+            kept = [(name, value) for name, value in start.get("headers", []) if name != b"content-length"]
+            return await respond(send, start["status"], body, kept)
+        content, header_length = converted
+        kept = [(name, value) for name, value in start.get("headers", []) if name not in _JSON_HEADERS]
+        await respond(
+            send,
+            200,
+            content,
+            [
+                (b"content-type", b"application/octet-stream"),
+                (HEADER_LENGTH, str(header_length).encode()),
+                *kept,
+            ],
+        )
+
+
+def _to_json(body: bytes, header_length: int) -> Tuple[bytes, Optional[BinaryChoice]]:
+    request = json_request(body, header_length)
+    return orjson.dumps(request), binary_choice(request)
+
+
+def _with_json_body(scope, body: bytes, keep_accept_encoding: bool):
+    """``scope`` with headers for a JSON body (and no compressed answer when it is to be rewritten)."""
+    dropped = _JSON_HEADERS if keep_accept_encoding else (*_JSON_HEADERS, b"accept-encoding")
+    headers = [(name, value) for name, value in scope["headers"] if name not in dropped]
+    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    return {**scope, "headers": headers}
+
+
+def _replaying(chunks: list, receive, complete: bool = True, then: Optional[dict] = None):
+    """A ``receive`` giving back the body chunks already read (the whole body when ``complete``),
+    then ``then``, then the client's own messages."""
+    messages = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks]
+    if complete:
+        messages[-1]["more_body"] = False
+    if then is not None:
+        messages.append(then)
+
+    async def replay():
+        if messages:
+            return messages.pop(0)
+        return await receive()
+
+    return replay
+
+
+async def _inline(function, *args):
+    return function(*args)
+
+
+async def _error(send, status: int, message: str) -> None:
+    """An error in MLServer's own shape, which V2 clients (tritonclient among them) read."""
+    await respond_json(send, status, {"error": message})
