@@ -112,6 +112,12 @@ class AlreadyLoaded(MMEError):
     sagemaker_code, sagemaker_status, v2_status = "ValidationError", 409, 409
 
 
+class ProtectedModel(MMEError):
+    """A V2 repository call on the server's own router, which must stay as it is."""
+
+    sagemaker_code, sagemaker_status, v2_status = "ValidationError", 409, 409
+
+
 class HostedModelNotFound(MMEError):
     """Hosting contract: a model name that is not loaded."""
 

@@ -4,7 +4,7 @@
 are answered by a plain ASGI middleware placed first in MLServer's app, before
 FastAPI's routing and MLServer's middlewares (which every other route still goes
 through). The ``X-Amzn-SageMaker-Target-Model`` header names the artifact under
-the model prefix; the lifecycle (``lifecycle.py``) hands back its loaded model,
+the model prefix; the lifecycle (``lifecycle/``) hands back its loaded model,
 the same instance V2 uses. Every failure is answered in SageMaker's error shape
 (``x-amzn-ErrorType`` header, JSON body with ``Message``), except on the hosting
 contract's invoke route (``hosting.py``), which SageMaker's front end wraps itself.
@@ -70,8 +70,9 @@ class SageMakerRouter(MLModel):
             raise RuntimeError(
                 "settings.json must set model_repository_implementation to mlserver_mme.repository.MMERepository"
             )
-        lifecycle = ModelLifecycle(parts.registry, repository, repository.settings)
-        gate = V2Gate(lifecycle, folder_models=await repository.folder_model_names())
+        folder_models = await repository.folder_model_names()
+        lifecycle = ModelLifecycle(parts.registry, repository, repository.settings, reserved_names=folder_models)
+        gate = V2Gate(lifecycle, folder_models, router_name=self.name)
         mlserver_internals.route_v2_calls(parts, gate.using, gate.load, gate.unload)
         guard_repository_calls(parts.registry, repository.settings)
         mlserver_internals.put_in_front(parts.rest_app, V2CompatMiddleware, settings=repository.settings)
@@ -201,10 +202,10 @@ class SageMakerMiddleware:
             else:
                 # The hosting contract names the model in the path (SageMaker forwards TargetModel as is).
                 entry = self.lifecycle.hosted.acquire(hosted_model)
-            values_per_row = entry.model.values_per_row if isinstance(entry.model, XGBoostModel) else 1
-            if is_big_answer(features.shape[0], values_per_row):
-                work = self.batches.run
             try:
+                values_per_row = entry.model.values_per_row if isinstance(entry.model, XGBoostModel) else 1
+                if is_big_answer(features.shape[0], values_per_row):
+                    work = self.batches.run
                 if isinstance(entry.model, XGBoostModel):
                     predictions = await work(entry.model.predict_features, features)
                 else:

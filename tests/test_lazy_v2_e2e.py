@@ -71,6 +71,16 @@ def test_missing_and_broken_models_answer_v2_errors(prefix, start_server):
     assert broken.status_code == 422 and "cannot be unpacked" in broken.json()["error"]
     assert httpx.get(f"{server.url}/v2/models/missing/ready").status_code == 404
     assert httpx.get(f"{server.url}/v2/models/sagemaker~router/ready").status_code == 200  # MLServer's own
+    junk = rest_infer(server, "no~~such-name")  # no target maps to it: refused before MLServer counts it
+    assert junk.status_code == 404
+    assert "no~~such-name" not in metrics_text(server)
+
+
+def test_the_router_is_neither_loaded_again_nor_unloaded(server):
+    for action in ("load", "unload"):
+        reply = httpx.post(f"{server.url}/v2/repository/models/sagemaker~router/{action}", timeout=60)
+        assert reply.status_code == 409 and "router" in reply.json()["error"]
+    assert call(server, "Houston_TX.tar.gz").status_code == 200
 
 
 def test_concurrent_first_calls_over_v2_and_sagemaker_load_once(prefix, start_server):

@@ -139,3 +139,22 @@ def test_hosted_loads_racing_respect_the_limit_and_the_name(hosting):
     assert others == [200, 507, 507, 507, 507]
     names = [m["modelName"] for m in httpx.get(hosting.url + "/models").json()["models"]]
     assert len(names) == 2 and "one" in names, names
+
+
+def test_loads_and_unloads_of_one_model_at_the_same_moment_keep_the_count(prefix, start_server):
+    houston(prefix, "m.tar.gz")
+    server = start_server(max_loaded_models=1)
+
+    def both(_):
+        with ThreadPoolExecutor(2) as pair:
+            load = pair.submit(httpx.post, f"{server.url}/v2/repository/models/m/load", timeout=60)
+            unload = pair.submit(httpx.post, f"{server.url}/v2/repository/models/m/unload", timeout=60)
+            return load.result().status_code, unload.result().status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(both, range(60)))
+    assert {load for load, _ in answers} == {200}
+    assert {unload for _, unload in answers} <= {200, 404}
+    assert_registry_matches_lifecycle(server, limit=1)
+    assert call(server, "m.tar.gz").json() == HOUSTON
+    assert_registry_matches_lifecycle(server, limit=1)

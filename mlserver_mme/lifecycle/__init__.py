@@ -20,13 +20,13 @@ import asyncio
 import copy
 import logging
 import time
-from typing import Awaitable, Callable, Set
+from typing import Awaitable, Callable, Iterable, Set
 
 from mlserver import MLModel
 from mlserver.settings import ModelSettings
 
 from ..config import MMESettings, preload_targets
-from ..errors import ModelStillLoading, ModelTooLarge
+from ..errors import BadTargetHeader, ModelStillLoading, ModelTooLarge
 from ..memory import parse_size, total_memory
 from ..metrics import metrics
 from ..naming import v2_name
@@ -45,20 +45,21 @@ Prepare = Callable[[Entry], Awaitable[ModelSettings]]
 
 
 class ModelLifecycle:
-    def __init__(self, registry, repository, settings: MMESettings):
+    def __init__(self, registry, repository, settings: MMESettings, reserved_names: Iterable[str] = ()):
         self.registry = registry
         self.repository = repository
         self.cache = repository.cache
         self.settings = settings
         self.memory_limit = parse_size(settings.memory_limit, total_memory()) if settings.memory_limit else None
         self.pinned = {v2_name(target) for target in preload_targets(settings)}
+        self.reserved_names = frozenset(reserved_names)  # the models of the start-up folder: MLServer's
         self.models = ModelTable()
         self.failures = FailureMemory(settings.failure_ttl)
         self.loader = RegistryLoader(registry)
         self.budgets = Budgets(self.models, self._unload_idle, settings.max_loaded_models, self.memory_limit, self.cache)
         self.hosted = HostedModels(self)
         self.revalidator = Revalidator(self, settings.revalidate_after)
-        self._loads: Set[asyncio.Task] = set()  # strong references: the loop keeps weak ones
+        self._tasks: Set[asyncio.Task] = set()  # loads and unloads; strong references, the loop keeps weak ones
         self._metrics = metrics()
 
     # -- requests ---------------------------------------------------------------------------
@@ -88,6 +89,8 @@ class ModelLifecycle:
     async def _ready(self, target: str) -> Entry:
         """Wait for ``target``'s model to be READY, starting its load if no one has."""
         name = v2_name(target)
+        if name in self.reserved_names:
+            raise BadTargetHeader(f"The target model '{target}' has the V2 name of one of the server's own models.")
         deadline = time.monotonic() + self.settings.load_wait_timeout
         while True:
             entry = self.models.get(name)
@@ -99,8 +102,12 @@ class ModelLifecycle:
             # loading: wait for its outcome; unloading: wait for it to end, then load again
             awaited = entry.gone if entry.state is State.UNLOADING else entry.loaded
             remaining = deadline - time.monotonic()
-            if remaining > 0:
-                await asyncio.wait((awaited,), timeout=remaining)
+            entry.waiting += 1  # a model its waiters have not used yet is no budget victim
+            try:
+                if remaining > 0:
+                    await asyncio.wait((awaited,), timeout=remaining)
+            finally:
+                entry.waiting -= 1
             if not awaited.done():
                 raise ModelStillLoading(f"Model '{target}' is still loading; retry shortly.")
             if awaited is entry.loaded:
@@ -110,6 +117,8 @@ class ModelLifecycle:
     async def outcome(loaded: asyncio.Future) -> None:
         """Wait for a load to end; raise its error: a copy per waiter, as many may share it."""
         await asyncio.wait((loaded,))  # shares the future without cancelling it if this waiter is
+        if loaded.cancelled():  # the server is stopping
+            raise ModelStillLoading("The model's load was interrupted; retry shortly.")
         error = loaded.exception()
         if error is not None:
             raise copy.copy(error)  # no traceback nor cause: responses and memory stay small
@@ -119,11 +128,16 @@ class ModelLifecycle:
     def start_load(self, target: str, name: str, prepare: Prepare, pinned: bool = False, hosted: bool = False) -> Entry:
         """Put a FETCHING entry for ``name`` in the table and start its load; ``entry.loaded`` tells the outcome."""
         entry = Entry(target, name, pinned=pinned or name in self.pinned, hosted=hosted)
+        entry.loaded.add_done_callback(_retrieved)  # every waiter may have given up
         self.models.add(entry)
-        task = asyncio.ensure_future(self._load(entry, prepare))
-        self._loads.add(task)
-        task.add_done_callback(self._loads.discard)
+        self._keep(self._load(entry, prepare))
         return entry
+
+    def _keep(self, operation) -> asyncio.Task:
+        task = asyncio.ensure_future(operation)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _fetch(self, entry: Entry) -> ModelSettings:
         return await self.repository.settings_for(entry.target)
@@ -131,12 +145,14 @@ class ModelLifecycle:
     async def _load(self, entry: Entry, prepare: Prepare) -> None:
         try:
             async with entry.operation:
-                model = await self.loader.registered(entry.name)
-                if model is not None:  # preloaded by MLServer at start-up
+                # preloaded by MLServer at start-up (only those: any other name is the lifecycle's alone)
+                model = await self.loader.registered(entry.name) if entry.pinned and not entry.hosted else None
+                if model is not None:
                     entry.model, entry.etag = model, _extra(model).get("etag", "")
                 else:
                     await self._load_artifact(entry, prepare)
                 self.models.set_state(entry, State.READY)
+                self.models.touch(entry)  # the newest: not a victim before its waiters use it
         except BaseException as error:
             self.models.remove(entry)
             if isinstance(error, ARTIFACT_FAULTS) and not entry.hosted:
@@ -150,7 +166,10 @@ class ModelLifecycle:
         self.failures.forget(entry.name)
         entry.loaded.set_result(None)
         logger.info("event=ready model=%s loaded=%d", entry.target, self.models.ready_count())
-        await self.budgets.trim_disk()
+        try:
+            await self.budgets.trim_disk()
+        except Exception:
+            logger.exception("event=disk-trim-failed")
 
     async def _load_artifact(self, entry: Entry, prepare: Prepare) -> None:
         settings = await prepare(entry)  # download, unpack and check (or the disk cache)
@@ -159,7 +178,7 @@ class ModelLifecycle:
         entry.model, entry.memory_bytes = await self.loader.load(entry.target, settings)
         entry.etag = settings.parameters.extra.get("etag", "")
         if not await self.budgets.fits(entry) and (entry.hosted or not entry.pinned):
-            alone = self.models.ready_count() == 0
+            alone = not any(e is not entry and e.state in (State.LOADING, State.READY) for e in self.models)
             await self._unload_locked(entry, "memory")
             error = ModelTooLarge(
                 f"Model '{entry.target}' does not fit in the memory limit of {self.memory_limit} bytes "
@@ -171,17 +190,28 @@ class ModelLifecycle:
 
     # -- unloading --------------------------------------------------------------------------
 
-    async def unload(self, entry: Entry, reason: str) -> bool:
-        """Unload ``entry`` once the operation under way ends; False if it was gone or failed to load."""
+    async def unload(self, entry: Entry, reason: str, only_if_idle: bool = False) -> bool:
+        """Unload ``entry`` once its load or update under way ends; False if it was gone or failed to load.
+
+        The unload runs as a task of its own: a caller that gives up (a gRPC deadline) does not
+        leave it half done.
+        """
+        if not entry.loaded.done():
+            await asyncio.wait((entry.loaded,))  # its load task may not hold the lock yet
+        return await asyncio.shield(self._keep(self._unload_in_turn(entry, reason, only_if_idle)))
+
+    async def _unload_in_turn(self, entry: Entry, reason: str, only_if_idle: bool) -> bool:
         async with entry.operation:
-            if self.models.get(entry.name) is not entry:
+            if self.models.get(entry.name) is not entry or entry.state is not State.READY:
                 return False
+            if only_if_idle and (entry.in_flight or entry.waiting):
+                return False  # used again while the budgets waited for its lock
             await self._unload_locked(entry, reason)
             return True
 
     async def _unload_idle(self, entry: Entry, reason: str) -> None:
-        """The budgets' unload: ``entry`` is idle and its lock free, so this never waits on it."""
-        await self.unload(entry, reason)
+        """The budgets' unload: ``entry`` was idle with its lock free when picked."""
+        await self.unload(entry, reason, only_if_idle=True)
 
     async def _unload_locked(self, entry: Entry, reason: str) -> None:
         self.models.set_state(entry, State.UNLOADING)
@@ -190,6 +220,11 @@ class ModelLifecycle:
             await self.loader.unload(entry, reason)
         finally:
             self.models.remove(entry)
+
+
+def _retrieved(loaded: asyncio.Future) -> None:
+    if not loaded.cancelled():
+        loaded.exception()
 
 
 def _extra(model: MLModel) -> dict:

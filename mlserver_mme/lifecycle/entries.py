@@ -45,6 +45,7 @@ class Entry:
     etag: str = ""
     memory_bytes: int = 0  # measured growth of the server's memory when it loaded
     in_flight: int = 0
+    waiting: int = 0  # requests waiting for it to become READY
     revalidating: bool = False
     checked_at: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
@@ -94,9 +95,10 @@ class ModelTable:
         self._entries.move_to_end(entry.name)
 
     def set_state(self, entry: Entry, state: State) -> None:
-        self._ready += (state is State.READY) - (entry.state is State.READY)
+        if self._entries.get(entry.name) is entry:  # only entries in the table are counted
+            self._ready += (state is State.READY) - (entry.state is State.READY)
+            self._gauge.set(self._ready)
         entry.state = state
-        self._gauge.set(self._ready)
 
     def remove(self, entry: Entry) -> None:
         """``entry`` leaves the table (a failed load, or an unload's end)."""
@@ -121,6 +123,7 @@ class ModelTable:
                 and entry.state is State.READY
                 and not entry.pinned
                 and entry.in_flight == 0
+                and entry.waiting == 0
                 and not entry.operation.locked()
             ):
                 return entry

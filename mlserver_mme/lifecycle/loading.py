@@ -15,6 +15,7 @@ from mlserver.settings import ModelSettings
 from ..errors import BrokenModel, MMEError, describe
 from ..memory import process_tree_memory, release_free_memory
 from ..metrics import metrics
+from ..threads import in_io
 from .entries import Entry
 
 logger = logging.getLogger("mlserver.mme")
@@ -60,7 +61,7 @@ class RegistryLoader:
             pass
         except Exception:
             logger.exception("event=unload-failed model=%s", entry.target)
-        release_free_memory()
+        await in_io(release_free_memory)
         elapsed = time.perf_counter() - started
         self._metrics.unloading.observe(elapsed)
         self._metrics.evictions.labels(reason=reason).inc()

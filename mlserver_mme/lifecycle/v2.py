@@ -6,8 +6,9 @@
 - Repository ``load`` loads through the same single flight and budgets (a loaded model
   stays as it is: no second instance, no second download); ``unload`` waits for the
   model's requests in flight and its operation under way.
-- Names that are not the prefix's (the models of the ``mlserver start`` folder, the
-  router) go to MLServer's own handlers unchanged.
+- Names of the ``mlserver start`` folder's models go to MLServer's own handlers, except
+  the router's, which cannot be loaded again or unloaded (409). Any other name that is
+  no prefix model answers 404 here, before MLServer makes metrics series for it.
 """
 
 import contextlib
@@ -15,6 +16,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional
 
 from mlserver.errors import ModelNotFound
 
+from ..errors import ProtectedModel
 from ..naming import NotATargetPath, target_of
 from . import ModelLifecycle
 from .entries import State
@@ -23,9 +25,10 @@ Handler = Callable[..., Awaitable]
 
 
 class V2Gate:
-    def __init__(self, lifecycle: ModelLifecycle, folder_models: Iterable[str]):
+    def __init__(self, lifecycle: ModelLifecycle, folder_models: Iterable[str], router_name: str):
         self.lifecycle = lifecycle
         self.folder_models = frozenset(folder_models)  # served as MLServer serves them
+        self.router_name = router_name
 
     def target(self, name: str) -> Optional[str]:
         """The target path of a prefix model's V2 name; None for any other name."""
@@ -49,7 +52,9 @@ class V2Gate:
         else:
             target = self.target(name)
             if target is None:
-                yield  # not ours: MLServer answers (404 for an unknown name)
+                if name not in self.folder_models:
+                    raise ModelNotFound(name)
+                yield  # a model of the folder: MLServer's
                 return
             entry = await self.lifecycle.acquire(target)
         try:
@@ -58,6 +63,7 @@ class V2Gate:
             entry.release()
 
     async def load(self, name: str, original: Handler) -> bool:
+        self._refuse_router(name)
         target = self.target(name)
         if target is None:
             return await original(name)
@@ -65,9 +71,21 @@ class V2Gate:
         return True
 
     async def unload(self, name: str, original: Handler) -> bool:
+        self._refuse_router(name)
         entry = self.lifecycle.models.get(name)
         if entry is None:
-            return await original(name)  # not held by the lifecycle: MLServer's (404 if no one holds it)
+            target = self.target(name)
+            if target is None:
+                return await original(name)  # a model of the folder: MLServer's
+            if await self.lifecycle.loader.registered(name) is None:
+                raise ModelNotFound(name)
+            # preloaded at start-up and not used yet: the lifecycle takes it, then unloads it in turn
+            entry = await self.lifecycle.acquire(target)
+            entry.release()
         if not await self.lifecycle.unload(entry, "request"):
-            raise ModelNotFound(name)  # its load failed meanwhile
+            raise ModelNotFound(name)  # unloaded or failed meanwhile
         return True
+
+    def _refuse_router(self, name: str) -> None:
+        if name == self.router_name:
+            raise ProtectedModel(f"Model '{name}' is the server's router: it is neither loaded again nor unloaded.")
