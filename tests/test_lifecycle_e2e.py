@@ -149,6 +149,10 @@ def test_a_failure_is_remembered_not_retried_by_every_client_retry(prefix, start
     assert len({r.json()["OriginalMessage"] for r in replies}) == 1
     assert prefix.gets("bad.tar.gz") == 1
     assert server.log().count("event=load-failed model=bad.tar.gz") == 1
+    # an operator fixes the artifact and loads it over V2: tried again at once, not answered from memory
+    houston(prefix, "bad")
+    assert httpx.post(f"{server.url}/v2/repository/models/bad/load", timeout=60).status_code == 200
+    assert call(server, "bad.tar.gz").json() == HOUSTON
 
 
 def test_a_failure_is_retried_once_forgotten(prefix, start_server):

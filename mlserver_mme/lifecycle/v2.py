@@ -67,6 +67,7 @@ class V2Gate:
         target = self.target(name)
         if target is None:
             return await original(name)
+        self.lifecycle.failures.forget(name)  # an explicit load tries again at once (a fixed artifact)
         self.lifecycle.release(await self.lifecycle.acquire(target))
         return True
 
