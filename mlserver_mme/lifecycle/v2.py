@@ -46,8 +46,9 @@ class V2Gate:
     async def using(self, name: str) -> AsyncIterator[None]:
         """Around a V2 call on ``name``: its model loaded and counted in flight, if it is the lifecycle's."""
         entry = self.lifecycle.models.get(name)
-        if entry is not None and entry.state is State.READY:
-            self.lifecycle._metrics.hits.inc()
+        if entry is not None and entry.hosted:  # loaded by SageMaker's hosting contract, not by use
+            if entry.state is not State.READY:
+                raise ModelNotFound(name)
             entry = self.lifecycle.use(entry)
         else:
             target = self.target(name)
