@@ -19,10 +19,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     MLSERVER_HOST=0.0.0.0 \
     MLSERVER_HTTP_PORT=8080 \
-    MLSERVER_MME_CACHE_DIR=/var/cache/mlserver-mme
+    MLSERVER_MME_CACHE_DIR=/var/cache/mlserver-mme \
+    MLSERVER_MME_SHARDS=auto
 
 # A CA bundle for pip behind an HTTPS-intercepting proxy (deploy/build-image.sh mounts the host's).
 ARG PIP_CERT=
+
+# HAProxy fronts the shards of `mlserver-mme serve` (one per CPU, MLSERVER_MME_SHARDS=auto).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends haproxy \
+ && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/mlserver-mme
 COPY pyproject.toml README.md ./

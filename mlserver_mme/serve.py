@@ -1,0 +1,227 @@
+"""``mlserver-mme serve [FOLDER]``: one server process, or one per CPU behind HAProxy.
+
+One ``mlserver start`` process uses one core. ``MLSERVER_MME_SHARDS`` says how many
+to run (``auto``: the CPUs this process may use, see ``shards.usable_cpus``):
+
+- 1, the default: this process becomes ``mlserver start FOLDER``, nothing else;
+- N > 1: this process becomes supervisord (from PyPI), which runs N ``mlserver
+  start`` shards on loopback (``shards.py``: ports, budgets, cache folders) and
+  HAProxy on ``MLSERVER_HOST:MLSERVER_HTTP_PORT`` (``haproxy.py``: model affinity,
+  bounded load, health checks, retries, metrics). supervisord restarts a shard or
+  HAProxy that exits; on SIGTERM or SIGINT it stops HAProxy first (a soft stop: the
+  requests in flight finish), then every shard (SIGTERM to its process group:
+  MLServer drains), then exits.
+
+The generated configuration is written to ``<MLSERVER_MME_CACHE_DIR>/serve/``;
+``--print-config`` prints it without starting anything.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+
+from . import haproxy
+from .config import load_settings
+from .shards import DEFAULT_SHARD_PORT, PORTS_PER_SHARD, plan, shard_count
+
+# Set per shard by serve: a settings.json that sets them would put every shard on the same ports.
+PER_SHARD_SERVER_SETTINGS = ("host", "http_port", "grpc_port", "metrics_port")
+STOP_SECONDS = 25  # per stage (front, then shards); SageMaker allows a container 30 s to stop
+
+
+# As root, say so: supervisord warns at each start when ``user`` is not set (and drops nothing either way).
+_AS_ROOT = "user=root\n"
+
+
+class ServeError(Exception):
+    """A configuration that cannot be served; the message says why."""
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="mlserver-mme", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve FOLDER's settings, with MLSERVER_MME_SHARDS shards")
+    serve.add_argument("folder", nargs="?", default="model-settings", help="MLServer settings folder (model-settings)")
+    serve.add_argument("--print-config", action="store_true", help="print the generated configuration and exit")
+    args = parser.parse_args(argv)
+    try:
+        run(os.path.abspath(args.folder), args.print_config)
+    except ServeError as error:
+        parser.exit(2, f"mlserver-mme serve: {error}\n")
+
+
+def run(folder: str, print_config: bool = False) -> None:
+    server_settings = _read_settings_json(folder)
+    settings = load_settings(folder, **server_settings.get("model_repository_implementation_args", {}))
+    count = _count(settings)
+    mlserver = _executable("mlserver")
+    if count == 1:
+        if print_config:
+            print(f"one shard: {mlserver} start {folder}")
+            return
+        os.execv(mlserver, [mlserver, "start", folder])
+    clashing = sorted(set(PER_SHARD_SERVER_SETTINGS) & set(server_settings))
+    if clashing:
+        raise ServeError(f"{folder}/settings.json sets {', '.join(clashing)}; with shards, serve sets them per shard")
+    run_sharded(folder, settings, count, mlserver, print_config)
+
+
+def run_sharded(folder: str, settings, count: int, mlserver: str, print_config: bool) -> None:
+    """Write HAProxy's and supervisord's configuration, then become supervisord."""
+    front_host = os.environ.get("MLSERVER_HOST", "0.0.0.0")
+    front_port = _number("MLSERVER_HTTP_PORT", 8080)
+    metrics_port = _number("MLSERVER_METRICS_PORT", 8082)
+    base_port = _number("MLSERVER_MME_SHARD_PORT", DEFAULT_SHARD_PORT)
+    balance_factor = _number("MLSERVER_MME_HASH_BALANCE_FACTOR", haproxy.HASH_BALANCE_FACTOR)
+    if 0 < balance_factor < 100:
+        raise ServeError("MLSERVER_MME_HASH_BALANCE_FACTOR must be 0 (no bound) or at least 100 (percent)")
+    shard_ports = range(base_port, base_port + PORTS_PER_SHARD * count)
+    if front_port in shard_ports or metrics_port in shard_ports or shard_ports.stop > 65536:
+        raise ServeError(
+            f"shard ports {shard_ports.start}-{shard_ports.stop - 1} (MLSERVER_MME_SHARD_PORT + 3 per shard) "
+            f"must be valid and leave out the front's ports {front_port} and {metrics_port}"
+        )
+    # Debian installs it in /usr/sbin, which a non-root user's PATH may leave out
+    haproxy_binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    if haproxy_binary is None:
+        raise ServeError("MLSERVER_MME_SHARDS > 1 needs HAProxy on the PATH (Debian: apt-get install haproxy)")
+
+    shards = plan(count, settings, base_port)
+    run_dir = os.path.join(os.path.abspath(settings.cache_dir), "serve")
+    haproxy_cfg = haproxy.render(shards, front_host, front_port, metrics_port, balance_factor)
+    supervisord_conf = render_supervisord(shards, folder, run_dir, mlserver, haproxy_binary)
+    if print_config:
+        print(f"# {run_dir}/haproxy.cfg\n{haproxy_cfg}\n# {run_dir}/supervisord.conf\n{supervisord_conf}")
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    _write(os.path.join(run_dir, "haproxy.cfg"), haproxy_cfg)
+    _write(os.path.join(run_dir, "supervisord.conf"), supervisord_conf)
+    print(
+        f"mlserver-mme serve: {count} shards on 127.0.0.1 ports {shard_ports.start}-{shard_ports.stop - 1}, "
+        f"HAProxy on {front_host}:{front_port} (metrics on {metrics_port}), configuration in {run_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
+    conf = os.path.join(run_dir, "supervisord.conf")
+    os.execv(sys.executable, [sys.executable, "-m", "supervisor.supervisord", "--nodaemon", "--configuration", conf])
+
+
+def _count(settings) -> int:
+    text = os.environ.get("MLSERVER_MME_SHARDS")
+    try:
+        count = shard_count(text)
+    except ValueError as error:
+        raise ServeError(str(error)) from None
+    if settings.sagemaker_multi_model and count > 1:
+        # The hosting contract keeps state the front cannot split: SageMaker lists loaded models
+        # (GET /models) and loads each one once, explicitly, so a model must never move.
+        if text.strip().lower() != "auto":
+            raise ServeError("SAGEMAKER_MULTI_MODEL=true (SageMaker's hosting contract) is served by one shard only")
+        return 1
+    return count
+
+
+def render_supervisord(shards, folder: str, run_dir: str, mlserver: str, haproxy_binary: str) -> str:
+    """supervisord's configuration: the shards in one group (stopped together), HAProxy stopped before them."""
+    env = shutil.which("env") or "/usr/bin/env"
+    haproxy_command = _command([haproxy_binary, "-db", "-f", os.path.join(run_dir, "haproxy.cfg")])
+    sections = [
+        f"""\
+; Written by `mlserver-mme serve` at each start (see mlserver_mme/serve.py); edits are lost.
+[supervisord]
+nodaemon=true
+; its own log once, on stdout, like the programs' output
+silent=true
+logfile=/dev/stdout
+logfile_maxbytes=0
+pidfile={_escape(os.path.join(run_dir, "supervisord.pid"))}
+; every log goes to stdout: no log files to clean in the temporary folder at start
+nocleanup=true
+{_AS_ROOT if os.geteuid() == 0 else ""}
+; Stopped first (higher priority): SIGUSR1 is HAProxy's soft stop, which lets requests in flight finish.
+[program:haproxy]
+command={haproxy_command}
+priority=200
+stopsignal=USR1
+stopwaitsecs={STOP_SECONDS + 5}
+autorestart=true
+startsecs=1
+startretries=10
+stdout_logfile=/dev/stdout
+stdout_logfile_maxbytes=0
+redirect_stderr=true
+
+[group:shards]
+programs={",".join(s.name for s in shards)}
+priority=100
+"""
+    ]
+    for shard in shards:
+        command = _command([env, *(f"{key}={value}" for key, value in shard.env.items()), mlserver, "start", folder])
+        sections.append(
+            f"""
+[program:{shard.name}]
+command={command}
+; MLServer drains on SIGTERM; the group also holds its fork server
+stopsignal=TERM
+stopasgroup=true
+killasgroup=true
+stopwaitsecs={STOP_SECONDS}
+autorestart=true
+startsecs=1
+startretries=10
+stdout_logfile=/dev/stdout
+stdout_logfile_maxbytes=0
+redirect_stderr=true
+"""
+        )
+    return "".join(sections)
+
+
+def _read_settings_json(folder: str) -> dict:
+    path = os.path.join(folder, "settings.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as file:
+        return json.load(file)
+
+
+def _executable(name: str) -> str:
+    """``name`` beside this Python (its virtual environment), else on the PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    found = beside if os.access(beside, os.X_OK) else shutil.which(name)
+    if not found:
+        raise ServeError(f"'{name}' was not found beside {sys.executable} nor on the PATH")
+    return found
+
+
+def _number(variable: str, default: int) -> int:
+    text = os.environ.get(variable, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ServeError(f"{variable} must be a whole number, not '{text}'")
+    return value
+
+
+def _command(argv) -> str:
+    return _escape(" ".join(shlex.quote(arg) for arg in argv))
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%%")  # supervisord expands %(name)s in its values
+
+
+def _write(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as file:
+        file.write(text)
+    os.replace(path + ".tmp", path)
+
+
+if __name__ == "__main__":
+    main()
