@@ -32,6 +32,16 @@ PER_SHARD_SERVER_SETTINGS = ("host", "http_port", "grpc_port", "metrics_port")
 STOP_SECONDS = 25  # per stage (front, then shards); SageMaker allows a container 30 s to stop
 
 
+# Every program: restarted when it exits (10 tries at start-up), its output on supervisord's stdout.
+_SUPERVISED = """\
+autorestart=true
+startsecs=1
+startretries=10
+stdout_logfile=/dev/stdout
+stdout_logfile_maxbytes=0
+redirect_stderr=true
+"""
+
 # As root, say so: supervisord warns at each start when ``user`` is not set (and drops nothing either way).
 _AS_ROOT = "user=root\n"
 
@@ -147,13 +157,7 @@ command={haproxy_command}
 priority=200
 stopsignal=USR1
 stopwaitsecs={STOP_SECONDS + 5}
-autorestart=true
-startsecs=1
-startretries=10
-stdout_logfile=/dev/stdout
-stdout_logfile_maxbytes=0
-redirect_stderr=true
-
+{_SUPERVISED}
 [group:shards]
 programs={",".join(s.name for s in shards)}
 priority=100
@@ -170,13 +174,7 @@ stopsignal=TERM
 stopasgroup=true
 killasgroup=true
 stopwaitsecs={STOP_SECONDS}
-autorestart=true
-startsecs=1
-startretries=10
-stdout_logfile=/dev/stdout
-stdout_logfile_maxbytes=0
-redirect_stderr=true
-"""
+{_SUPERVISED}"""
         )
     return "".join(sections)
 

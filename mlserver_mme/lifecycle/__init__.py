@@ -56,7 +56,9 @@ class ModelLifecycle:
         self.models = ModelTable()
         self.failures = FailureMemory(settings.failure_ttl)
         self.loader = RegistryLoader(registry)
-        self.budgets = Budgets(self.models, self._unload_idle, settings.max_loaded_models, self.memory_limit, self.cache)
+        self.budgets = Budgets(
+            self.models, self._unload_idle, settings.max_loaded_models, self.memory_limit, self.cache
+        )
         self.hosted = HostedModels(self)
         self.revalidator = Revalidator(self, settings.revalidate_after)
         self._tasks: Set[asyncio.Task] = set()  # loads and unloads; strong references, the loop keeps weak ones
@@ -158,7 +160,8 @@ class ModelLifecycle:
             if isinstance(error, ARTIFACT_FAULTS) and not entry.hosted:
                 self.failures.remember(entry.name, error)
             if isinstance(error, Exception):
-                logger.info("event=load-failed model=%s error=%s", entry.target, getattr(error, "sagemaker_code", type(error).__name__))
+                code = getattr(error, "sagemaker_code", type(error).__name__)
+                logger.info("event=load-failed model=%s error=%s", entry.target, code)
                 entry.loaded.set_exception(error)
                 return
             entry.loaded.cancel()

@@ -50,7 +50,10 @@ class RegistryLoader:
         memory_bytes = max(0, process_tree_memory() - before)
         self._metrics.loading.observe(elapsed)
         self._metrics.model_memory.observe(memory_bytes)
-        logger.info("event=load model=%s name=%s load_ms=%.1f memory_bytes=%d", target, settings.name, elapsed * 1e3, memory_bytes)
+        logger.info(
+            "event=load model=%s name=%s load_ms=%.1f memory_bytes=%d",
+            target, settings.name, elapsed * 1e3, memory_bytes,
+        )
         return model, memory_bytes
 
     async def unload(self, entry: Entry, reason: str) -> None:

@@ -51,7 +51,7 @@ class Revalidator:
                 logger.info("event=update model=%s old_etag=%s new_etag=%s", entry.target, entry.etag, artifact.etag)
                 entry.etag = artifact.etag
             if not await lifecycle.budgets.fits(entry):
-                logger.warning("event=over-memory model=%s (after its update; nothing else could be unloaded)", entry.target)
+                logger.warning("event=over-memory model=%s (after its update, nothing else to unload)", entry.target)
         except Exception as error:  # keep serving the version we have
             logger.warning("event=update-failed model=%s error=%s", entry.target, describe(error))
         finally:
