@@ -6,9 +6,9 @@ encode), but a batch of megabytes takes tens to hundreds of milliseconds, and
 on the loop every other request, ``/ping`` included, would wait that long. A
 request body of more than ``INLINE_MAX_BYTES`` is decoded, predicted and encoded
 in this pool instead, and so are the prediction and encoding of an answer of
-more than ``INLINE_MAX_VALUES`` values: a few threads of its own (not the default executor, which
-downloads and loads models), one per CPU, as XGBoost's prediction and the C
-parsers release the GIL. Batches beyond that wait their turn in the pool's queue,
+more than ``INLINE_MAX_VALUES`` values: a few threads of its own (not those that
+download and load models, ``threads.py``), one per CPU, as XGBoost's prediction and
+the C parsers release the GIL. Batches beyond that wait their turn for a thread,
 holding only their bodies (at most ``MLSERVER_MME_MAX_PAYLOAD_BYTES`` each).
 """
 
