@@ -207,7 +207,7 @@ class SageMakerMiddleware:
                 if is_big_answer(features.shape[0], values_per_row):
                     work = self.batches.run
                 if isinstance(entry.model, XGBoostModel):
-                    predictions = await work(entry.model.predict_features, features)
+                    predictions = await work(entry.model.predictor(), features)
                 else:
                     predictions = await _predict_with_runtime(entry.model, features)
             finally:

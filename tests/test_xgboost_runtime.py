@@ -1,5 +1,7 @@
 """The XGBoost runtime's prediction when its model is unloaded under a batch in a pool thread."""
 
+import asyncio
+
 import numpy as np
 import pytest
 from mlserver.settings import ModelSettings
@@ -13,3 +15,17 @@ def test_a_model_unloaded_under_a_request_answers_retry_not_500():
     model._num_features, model._outputs = 6, 1  # as after a load; the unload then cleared the booster
     with pytest.raises(ModelStillLoading, match="retry"):
         model.predict_features(np.zeros((1, 6)))
+
+
+def test_a_predictor_taken_before_an_unload_or_a_swap_still_predicts():
+    from artifacts import ROWS, booster
+
+    model = XGBoostModel(ModelSettings(name="m", implementation=XGBoostModel))
+    loaded = booster()
+    model._booster, model._num_features, model._outputs = loaded, loaded.num_features(), 1
+    predict = model.predictor()  # taken on the loop when the request got its model
+    asyncio.run(model.unload())  # then an update swaps the version out before the batch thread runs
+    rows = np.asarray(ROWS, dtype=np.float32)
+    assert predict(rows).tolist() == loaded.inplace_predict(rows).tolist()
+    with pytest.raises(ModelStillLoading):
+        model.predictor()(rows)

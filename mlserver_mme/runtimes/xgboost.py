@@ -7,11 +7,12 @@ format is told from the bytes, not the name. Pickles run code when loaded, so
 they are refused unless the operator allows them (``MLSERVER_MME_ALLOW_PICKLE``).
 """
 
+import functools
 import json
 import os
 import pickle
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import treelite
@@ -213,6 +214,21 @@ class XGBoostModel(MLModel):
 
     def predict_features(self, features: Features) -> np.ndarray:
         """Predictions for a matrix of feature rows, exactly as ``Booster.predict`` gives them."""
+        return self.predictor()(features)
+
+    def predictor(self) -> Callable[[Features], np.ndarray]:
+        """``predict_features`` bound to the version loaded now.
+
+        Taken on the event loop when a request gets its model, then run in a batch thread: an
+        unload or an update's swap in between does not take the booster from under it.
+        """
+        return functools.partial(self._predict_with, self._booster, self._gtil)
+
+    def _predict_with(
+        self, booster: Optional[xgb.Booster], gtil: Optional[Predictor], features: Features
+    ) -> np.ndarray:
+        if booster is None:
+            raise ModelStillLoading("The model was unloaded while the request waited; retry it.")
         if features.shape[0] * self._outputs > MAX_PREDICTIONS:
             # a model with many classes multiplies a small body into a huge answer
             raise BadPayload(
@@ -229,11 +245,6 @@ class XGBoostModel(MLModel):
                     f"the model takes {self._num_features} features but a row has {features.shape[1]}"
                 )
             features.resize((features.shape[0], self._num_features))  # libsvm: trailing features absent
-        # Local references: an unload (a swap, a V2 or hosting unload) may clear them meanwhile,
-        # while this runs in a batch thread; the prediction under way keeps what it took.
-        booster, gtil = self._booster, self._gtil
-        if booster is None:
-            raise ModelStillLoading("The model was unloaded while the request waited; retry it.")
         try:
             if gtil is not None and features.shape[0] <= GTIL_MAX_ROWS:
                 return gtil(features)
