@@ -88,7 +88,8 @@ defaults
     # answering. Only a request whole in HAProxy's buffer can be: wait for bodies (up to 16 KiB) first,
     # else a keep-alive client's request on a dying shard is dropped for the client to retry.
     option http-buffer-request
-    retries 3
+    # Once, on another shard: a request that crashed its shard cannot take down more than two.
+    retries 1
     option redispatch 1
     retry-on conn-failure empty-response junk-response
     http-error status 503 content-type application/json hdr x-amzn-ErrorType ServiceUnavailable string '{{"Message": "No model server is available."}}'
@@ -97,9 +98,11 @@ defaults
 
 frontend mme
     bind {bind_host}:{http_port}
-    # The model a request names: the V2 name in a V2 path, else the target-model header.
-    http-request set-var(txn.name) path,field(4,/),url_dec if {{ path_beg /v2/models/ }}
-    http-request set-var(txn.name) path,field(5,/),url_dec if {{ path_beg /v2/repository/models/ }}
+    # The model a request names: the V2 name in a V2 path, else the target-model header. The path is
+    # decoded first, as the shards' HTTP server decodes it: /v2%2Fmodels/... is a V2 call there too.
+    http-request set-var(txn.path) path,url_dec
+    http-request set-var(txn.name) var(txn.path),field(4,/) if {{ var(txn.path) -m beg /v2/models/ }}
+    http-request set-var(txn.name) var(txn.path),field(5,/) if {{ var(txn.path) -m beg /v2/repository/models/ }}
     # V2 name -> target path (naming.py backwards): "~XX" is byte XX; a final "~" means no ".tar.gz"
     http-request set-var(txn.key) var(txn.name),regsub(~$,),regsub(~,%,g),url_dec if {{ var(txn.name) -m end ~ }}
     http-request set-var(txn.key) var(txn.name),regsub(~,%,g),url_dec,concat(.tar.gz) if {{ var(txn.name) -m found }} !{{ var(txn.name) -m end ~ }}

@@ -19,6 +19,7 @@ The generated configuration is written to ``<MLSERVER_MME_CACHE_DIR>/serve/``;
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -26,6 +27,8 @@ import sys
 from . import haproxy
 from .config import load_settings
 from .shards import DEFAULT_SHARD_PORT, PORTS_PER_SHARD, plan, shard_count
+
+HOST = re.compile(r"[A-Za-z0-9.:\-\[\]]*")  # what HAProxy's bind line may get from MLSERVER_HOST
 
 # Set per shard by serve: a settings.json that sets them would put every shard on the same ports.
 PER_SHARD_SERVER_SETTINGS = ("host", "http_port", "grpc_port", "metrics_port")
@@ -82,6 +85,8 @@ def run(folder: str, print_config: bool = False) -> None:
 def run_sharded(folder: str, settings, count: int, mlserver: str, print_config: bool) -> None:
     """Write HAProxy's and supervisord's configuration, then become supervisord."""
     front_host = os.environ.get("MLSERVER_HOST", "0.0.0.0")
+    if not HOST.fullmatch(front_host):
+        raise ServeError(f"MLSERVER_HOST must be an address or host name, not {front_host[:100]!r}")
     front_port = _number("MLSERVER_HTTP_PORT", 8080)
     metrics_port = _number("MLSERVER_METRICS_PORT", 8082)
     base_port = _number("MLSERVER_MME_SHARD_PORT", DEFAULT_SHARD_PORT)
@@ -99,6 +104,9 @@ def run_sharded(folder: str, settings, count: int, mlserver: str, print_config: 
     if haproxy_binary is None:
         raise ServeError("MLSERVER_MME_SHARDS > 1 needs HAProxy on the PATH (Debian: apt-get install haproxy)")
 
+    for name, value in (("the settings folder", folder), ("MLSERVER_MME_CACHE_DIR", settings.cache_dir)):
+        if not value.isprintable():  # a line break would add lines to the generated configurations
+            raise ServeError(f"{name} holds a character that is not printable: {value[:100]!r}")
     shards = plan(count, settings, base_port)
     run_dir = os.path.join(os.path.abspath(settings.cache_dir), "serve")
     haproxy_cfg = haproxy.render(shards, front_host, front_port, metrics_port, balance_factor)

@@ -24,8 +24,11 @@ before MLServer's app, bridges the two:
   and the answer carries ``Inference-Header-Content-Length``. This holds for
   JSON requests too, as the extension says.
 
-Any other request, and the answer to a JSON request that asks for no binary
-output, is passed on byte for byte.
+Every request body MLServer would read (POST, PUT, PATCH) is read here first, up to
+``MLSERVER_MME_MAX_PAYLOAD_BYTES`` (413 beyond), and a compressed one is inflated
+here within the same bound: MLServer itself reads and inflates bodies without one.
+Otherwise, any other request, and the answer to a JSON request that asks for no
+binary output, is passed on byte for byte.
 """
 
 import re
@@ -42,9 +45,11 @@ from .errors import MMEError, RequestTooLarge
 from .offload import BatchPool, is_batch
 
 HEADER_LENGTH = b"inference-header-content-length"
+MAX_DIMENSIONS = 64  # numpy's and MLServer's own limit
+MAX_OUTPUT_VALUES = 1 << 40  # an answer's shape is the model's, not a caller's: only a sanity bound
+BYTES_PER_VALUE = 4  # a binary request may hold at most (body limit / 4) values: ~20 JSON bytes each
 INDEX_PATH = "/v2/repository/index"
 INFER_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer")
-MAX_INDEX_BODY = 64 * 1024
 
 # V2 datatypes with a fixed size, as numpy reads them from the wire (little-endian).
 DTYPES = {
@@ -82,8 +87,13 @@ class BinaryChoice(NamedTuple):
 # --- requests -------------------------------------------------------------------------------------
 
 
-def json_request(body: bytes, header_length: int) -> dict:
-    """The JSON V2 request that a binary one (JSON header, then tensor bytes) stands for."""
+def json_request(body: bytes, header_length: int, max_values: Optional[int] = None) -> dict:
+    """The JSON V2 request that a binary one (JSON header, then tensor bytes) stands for.
+
+    At most ``max_values`` values in all (default: one per 4 bytes of body): one-byte
+    values would otherwise grow some twenty times as JSON.
+    """
+    budget = len(body) // BYTES_PER_VALUE if max_values is None else max_values
     if not 0 < header_length <= len(body):
         raise MalformedRequest(
             f"Inference-Header-Content-Length is {header_length} but the body holds {len(body)} bytes"
@@ -112,6 +122,9 @@ def json_request(body: bytes, header_length: int) -> dict:
         if "data" in tensor:
             raise MalformedRequest(f"input '{name}' has both data and binary_data_size")
         tensor["data"] = tensor_values(view[offset : offset + size], tensor.get("datatype"), tensor.get("shape"), name)
+        budget -= len(tensor["data"])
+        if budget < 0:
+            raise MalformedRequest(f"the inputs hold more values than a body of {len(body)} bytes may carry")
         offset += size
     if offset != len(body):
         raise MalformedRequest(f"{len(body) - offset} bytes after the inputs' binary data belong to no input")
@@ -120,7 +133,7 @@ def json_request(body: bytes, header_length: int) -> dict:
 
 def tensor_values(raw: memoryview, datatype, shape, name: str = "") -> list:
     """A tensor's bytes as the flat list of values a JSON V2 request carries."""
-    count = _element_count(shape, name)
+    count = _element_count(shape, name, most=len(raw))  # every value takes a byte at least
     if datatype == "BYTES":
         return [_utf8(element, name) for element in split_bytes(raw, count, name)]
     dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
@@ -161,12 +174,19 @@ def _utf8(element: bytes, name: str) -> str:
         raise MalformedRequest(f"input '{name}': BYTES elements must be UTF-8 text to be passed on as JSON") from None
 
 
-def _element_count(shape, name: str) -> int:
+def _element_count(shape, name: str, most: int) -> int:
+    """The values ``shape`` holds; refused past ``most`` (the product is never built beyond it)."""
     if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
         raise MalformedRequest(f"input '{name}': shape must be a list of non-negative integers")
+    if len(shape) > MAX_DIMENSIONS:
+        raise MalformedRequest(f"input '{name}': shape has more than {MAX_DIMENSIONS} dimensions")
+    if 0 in shape:
+        return 0
     count = 1
     for n in shape:
         count *= n
+        if count > most:
+            raise MalformedRequest(f"input '{name}': shape holds more values than its {most} bytes of binary data")
     return count
 
 
@@ -187,9 +207,10 @@ def binary_choice(request: dict) -> Optional[BinaryChoice]:
 
 def inflated(body: bytes, encoding: bytes, limit: int) -> bytes:
     """A ``gzip`` or ``deflate`` (zlib) body inflated, refused past ``limit`` bytes."""
+    encoding = encoding.strip().lower()
     if encoding in (b"", b"identity"):
         return body
-    window = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}.get(encoding.strip().lower())
+    window = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}.get(encoding)
     if window is None:
         raise MalformedRequest(f"Content-Encoding {encoding.decode('latin-1')[:20]!r} is not supported")
     inflater = zlib.decompressobj(window)
@@ -201,6 +222,8 @@ def inflated(body: bytes, encoding: bytes, limit: int) -> bytes:
         raise RequestTooLarge(f"The inflated request body is larger than the limit of {limit} bytes.")
     if not inflater.eof:
         raise MalformedRequest("the compressed body is truncated")
+    if inflater.unused_data:
+        raise MalformedRequest("bytes follow the compressed body (one gzip or deflate stream is read)")
     return data
 
 
@@ -240,12 +263,12 @@ def tensor_bytes(output: dict) -> Optional[bytes]:
     if not isinstance(data, list) or not isinstance(shape, list):
         return None
     try:
-        count = _element_count(shape, "")
+        count = _element_count(shape, "", most=MAX_OUTPUT_VALUES)
         if datatype == "BYTES":
             elements = np.asarray(data, dtype=object).ravel()
             if elements.size != count:
                 return None
-            encoded = [element.encode() if isinstance(element, str) else bytes(element) for element in elements]
+            encoded = [element.encode() if isinstance(element, str) else _as_bytes(element) for element in elements]
             return b"".join(_LENGTH.pack(len(element)) + element for element in encoded)
         dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
         if dtype is None:
@@ -254,6 +277,12 @@ def tensor_bytes(output: dict) -> Optional[bytes]:
     except (MalformedRequest, TypeError, ValueError, OverflowError):
         return None
     return values.tobytes() if values.size == count else None
+
+
+def _as_bytes(element) -> bytes:
+    if not isinstance(element, (bytes, bytearray)):
+        raise TypeError("a BYTES output element that is neither text nor bytes")  # left in JSON
+    return bytes(element)
 
 
 # --- the middleware -------------------------------------------------------------------------------
@@ -268,37 +297,36 @@ class V2CompatMiddleware:
         self.pool = BatchPool()
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
-            if path.endswith("/infer") and INFER_PATH.fullmatch(path):
-                return await self._infer(scope, receive, send)
-            if path == INDEX_PATH:
-                return await self._index(scope, receive, send)
-        await self.app(scope, receive, send)
-
-    async def _index(self, scope, receive, send) -> None:
-        headers = dict(scope["headers"])
-        if headers.get(b"content-length", b"0") != b"0":
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
         try:
-            body = await read_body(receive, headers, MAX_INDEX_BODY)  # chunked or empty
+            # MLServer reads whole bodies, and inflates compressed ones, without a bound: both are bounded here.
+            body = await read_body(receive, headers, self.body_limit)
+            if b"content-encoding" in headers:
+                body = inflated(body, headers[b"content-encoding"], self.body_limit)
+                scope = _with_body_length(scope, body)
+        except MalformedRequest as error:
+            return await _error(send, 400, f"Invalid request body: {error}")
         except MMEError as error:
             return await _error(send, error.v2_status, error.message)
-        if body.strip():
-            return await self.app(scope, _replaying([body], receive), send)
-        # Every field of the index request is optional: no body is an empty request.
-        await self.app(_with_json_body(scope, b"{}", keep_accept_encoding=True), _replaying([b"{}"], receive), send)
+        path = scope["path"]
+        if path.endswith("/infer") and INFER_PATH.fullmatch(path):
+            return await self._infer(scope, headers, body, receive, send)
+        if path == INDEX_PATH and not body.strip():
+            # Every field of the index request is optional: no body is an empty request.
+            body = b"{}"
+            scope = _with_json_body(scope, body, keep_accept_encoding=True)
+        await self.app(scope, _replaying([body], receive), send)
 
-    async def _infer(self, scope, receive, send) -> None:
-        headers = dict(scope["headers"])
+    async def _infer(self, scope, headers: dict, body: bytes, receive, send) -> None:
         declared = headers.get(HEADER_LENGTH)
         if declared is None:
-            return await self._json_infer(scope, receive, send)
+            return await self._json_infer(scope, body, receive, send)
         try:
-            if not declared.strip().isdigit():
+            declared = declared.strip()
+            if not declared.isdigit() or len(declared) > 19:
                 raise MalformedRequest("Inference-Header-Content-Length must be a number of bytes")
-            body = await read_body(receive, headers, self.body_limit)
-            body = inflated(body, headers.get(b"content-encoding", b""), self.body_limit)
             work = self.pool.run if is_batch(body) else _inline
             payload, choice = await work(_to_json, body, int(declared))
         except MalformedRequest as error:
@@ -308,25 +336,13 @@ class V2CompatMiddleware:
         scope = _with_json_body(scope, payload, keep_accept_encoding=choice is None)
         await self._forward(scope, [payload], receive, send, choice)
 
-    async def _json_infer(self, scope, receive, send) -> None:
-        """A JSON request, passed on untouched; read first (up to the limit) to see if it wants binary outputs."""
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return await self.app(scope, _replaying(chunks, receive, complete=False, then=message), send)
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if not message.get("more_body", False):
-                break
-            if size > self.body_limit:
-                # Too big to look at: passed on as it comes, and answered in JSON.
-                return await self.app(scope, _replaying(chunks, receive, complete=False), send)
-        body = b"".join(chunks)
+    async def _json_infer(self, scope, body: bytes, receive, send) -> None:
+        """A JSON request, passed on untouched; looked at only to see whether it wants binary outputs."""
         choice = None
         if b'"binary_data' in body:  # a cheap test first: most JSON clients never ask
+            work = self.pool.run if is_batch(body) else _inline
             try:
-                request = orjson.loads(body)
+                request = await work(orjson.loads, body)
                 choice = binary_choice(request) if isinstance(request, dict) else None
             except orjson.JSONDecodeError:
                 pass  # MLServer answers it
@@ -376,7 +392,16 @@ class V2CompatMiddleware:
 
 def _to_json(body: bytes, header_length: int) -> Tuple[bytes, Optional[BinaryChoice]]:
     request = json_request(body, header_length)
-    return orjson.dumps(request), binary_choice(request)
+    try:
+        return orjson.dumps(request), binary_choice(request)
+    except orjson.JSONEncodeError as error:  # nested deeper than orjson writes (it reads deeper)
+        raise MalformedRequest(f"the inference header cannot be passed on: {error}") from None
+
+
+def _with_body_length(scope, body: bytes):
+    """``scope`` for ``body`` as it is now: inflated, so no Content-Encoding, and its own length."""
+    headers = [(name, value) for name, value in scope["headers"] if name not in (b"content-encoding", b"content-length")]
+    return {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
 
 
 def _with_json_body(scope, body: bytes, keep_accept_encoding: bool):
@@ -387,14 +412,10 @@ def _with_json_body(scope, body: bytes, keep_accept_encoding: bool):
     return {**scope, "headers": headers}
 
 
-def _replaying(chunks: list, receive, complete: bool = True, then: Optional[dict] = None):
-    """A ``receive`` giving back the body chunks already read (the whole body when ``complete``),
-    then ``then``, then the client's own messages."""
+def _replaying(chunks: list, receive):
+    """A ``receive`` giving back the body already read, then the client's own messages (a disconnect)."""
     messages = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks]
-    if complete:
-        messages[-1]["more_body"] = False
-    if then is not None:
-        messages.append(then)
+    messages[-1]["more_body"] = False
 
     async def replay():
         if messages:

@@ -221,6 +221,13 @@ def test_the_generated_haproxy_configuration_is_valid(tmp_path):
     assert haproxy_cfg.count("\n    server shard-") == 3 * 4  # front, V2 and metrics backends
 
 
+def test_settings_that_would_add_lines_to_the_generated_configurations_are_refused(tmp_path):
+    host = serve_config(tmp_path, MLSERVER_MME_SHARDS="2", MLSERVER_HOST="127.0.0.1:9\n    http-request return")
+    assert host.returncode == 2 and "MLSERVER_HOST" in host.stderr and "http-request" not in host.stdout
+    cache = serve_config(tmp_path, MLSERVER_MME_SHARDS="2", MLSERVER_MME_CACHE_DIR=f"{tmp_path}\n[program:x]")
+    assert cache.returncode == 2 and "not printable" in cache.stderr
+
+
 def test_one_shard_is_mlserver_itself_and_the_hosting_contract_is_not_sharded(tmp_path):
     assert serve_config(tmp_path, MLSERVER_MME_SHARDS="1").stdout.startswith("one shard: ")
     assert serve_config(tmp_path, MLSERVER_MME_SHARDS="auto", SAGEMAKER_MULTI_MODEL="true").stdout.startswith("one shard: ")
@@ -267,6 +274,9 @@ def test_v2_routes_reach_the_shard_the_sagemaker_route_loaded(front, s3):
         v2 = httpx.post(f"{front.url}/v2/models/{name}/infer", json=payload, timeout=60)
         assert (v2.status_code, v2.headers["X-MME-Shard"]) == (200, shard), (target, v2.text)
         assert v2.json()["outputs"][0]["data"] == expected(target)
+        # the shards decode the path: an encoded V2 path is a V2 call there, and hashed as one here
+        encoded = httpx.post(f"{front.url}/v2%2Fmodels/{name}/infer", json=payload, timeout=60)
+        assert (encoded.status_code, encoded.headers["X-MME-Shard"]) == (200, shard), (target, encoded.text)
         ready = httpx.get(f"{front.url}/v2/repository/models/{name}/ready")
         assert ready.headers["X-MME-Shard"] == shard
         assert gets(s3, target) == 1

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zlib
 
 import grpc
@@ -544,3 +545,65 @@ def test_without_a_token_grpc_repository_calls_stay_open(triton_server):
     with grpc.insecure_channel(grpc_address(triton_server)) as channel:
         v2 = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
         assert v2.RepositoryIndex(dataplane_pb2.RepositoryIndexRequest()).models
+
+
+# --- hostile bodies: bounded before MLServer reads them ------------------------------------------
+
+
+def test_a_compressed_json_body_is_inflated_here_within_the_limit(stand_in):
+    inner, app = stand_in
+    bomb = gzip.compress(b"{" + b" " * 10**7 + b"}")  # 10 MB of JSON in 10 KB
+    reply = call(app, "/v2/models/m/infer", bomb, {"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert reply.status_code == 413 and "inflated" in reply.json()["error"]
+    assert inner.requests == []  # MLServer would inflate it without a bound
+    request = orjson.dumps({"inputs": [{"name": "input-0", "shape": [1, 6], "datatype": "FP32", "data": ROWS[0]}]})
+    assert call(app, "/v2/models/m/infer", gzip.compress(request), {"Content-Encoding": "GZIP"}).status_code == 200
+    path, headers, body = inner.requests[-1]
+    assert body == request and b"content-encoding" not in headers and headers[b"content-length"] == str(len(body)).encode()
+
+
+def test_a_json_body_over_the_limit_is_refused_unread(stand_in):
+    inner, app = stand_in
+    async def chunks():  # chunked, no Content-Length
+        for _ in range(3):
+            yield b"[" + b"0," * 20_000
+
+    reply = call(app, "/v2/models/m/infer", chunks())
+    assert reply.status_code == 413
+    assert call(app, "/v2/repository/models/m/load", b" " * (65 * 1024)).status_code == 413
+    assert inner.requests == []
+
+
+@pytest.mark.parametrize(
+    "shape, header, why",
+    [
+        ([2**63 - 1] * 100 + [0], None, "dimensions"),  # 120,000 of them took 34 s to multiply out
+        ([2**62, 2**62, 2**62], None, "more values"),
+        ([1, 6], "9" * 5000, "number of bytes"),  # over Python's int digits limit: was a 500
+    ],
+)
+def test_hostile_shapes_and_lengths_are_refused_at_once(stand_in, shape, header, why):
+    inner, app = stand_in
+    head = json.dumps(one_input(24, shape=shape)).encode()
+    started = time.perf_counter()
+    reply = call(app, "/v2/models/m/infer", head + b"\0" * 24, {"Inference-Header-Content-Length": header or str(len(head))})
+    assert reply.status_code == 400 and why in reply.json()["error"], reply.text
+    assert time.perf_counter() - started < 5
+    assert inner.requests == []
+
+
+def test_a_header_nested_deeper_than_json_is_written_is_refused(stand_in):
+    inner, app = stand_in
+    head = json.dumps({"inputs": [], "parameters": {"x": json.loads("[" * 300 + "]" * 300)}}).encode()
+    reply = call(app, "/v2/models/m/infer", head, {"Inference-Header-Content-Length": str(len(head))})
+    assert reply.status_code == 400, reply.text
+
+
+def test_one_byte_values_cannot_grow_twentyfold_as_json(stand_in):
+    inner, app = stand_in
+    values = np.zeros(60_000, dtype=np.uint8)  # 60 KB of values, some 300 KB as JSON
+    head = json.dumps({"inputs": [{"name": "input-0", "shape": [60_000], "datatype": "UINT8",
+                                   "parameters": {"binary_data_size": 60_000}}]}).encode()
+    reply = call(app, "/v2/models/m/infer", head + values.tobytes(), {"Inference-Header-Content-Length": str(len(head))})
+    assert reply.status_code == 400 and "more values" in reply.json()["error"]
+    assert inner.requests == []
