@@ -22,6 +22,7 @@ import mlserver
 from grpc import aio
 from mlserver.cli import serve
 from mlserver.grpc import GRPCServer
+from mlserver.grpc import utils as grpc_utils
 from mlserver.handlers import DataPlane, ModelRepositoryHandlers
 from mlserver.registry import MultiModelRegistry
 from mlserver.server import MLServer
@@ -52,6 +53,8 @@ def check() -> None:
     for owner, method, attribute in _GRPC_CHAIN:
         if attribute not in getattr(getattr(owner, method, None), "__code__", _NO_CODE).co_names:
             problems.append(f"{owner.__name__}.{method} no longer sets {attribute}")
+    if not isinstance(getattr(grpc_utils, "STATUS_CODE_MAPPING", None), dict):
+        problems.append("mlserver.grpc.utils.STATUS_CODE_MAPPING is missing")
     if problems:
         raise UnsupportedMLServer("mlserver-mme cannot run on this MLServer: " + "; ".join(problems))
 
@@ -210,3 +213,9 @@ def _is_handler_table(held) -> bool:
 # What the gRPC server is reached through: (class, method, the attribute that method sets).
 _GRPC_CHAIN = ((MLServer, "_create_servers", "_grpc_server"), (GRPCServer, "_create_server", "_server"))
 _NO_CODE = (lambda: None).__code__
+
+
+def map_grpc_statuses(statuses: dict) -> None:
+    """Add HTTP status -> gRPC status pairs to MLServer's mapping of its errors (others answer UNKNOWN)."""
+    for http_status, grpc_status in statuses.items():
+        grpc_utils.STATUS_CODE_MAPPING.setdefault(http_status, grpc_status)

@@ -22,6 +22,7 @@ import random
 import time
 from typing import Optional
 
+import grpc
 import numpy as np
 import scipy.sparse
 from mlserver import MLModel
@@ -58,6 +59,13 @@ from .v2_compat import V2CompatMiddleware
 logger = logging.getLogger("mlserver.mme")
 
 MANAGEMENT_PATHS = ("/v2/repository", "/models")
+# This package's errors over gRPC (MLServer maps only 400, 404, 422 and 500; others would be UNKNOWN).
+GRPC_STATUSES = {
+    409: grpc.StatusCode.FAILED_PRECONDITION,  # the router: neither loaded again nor unloaded
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,  # still loading after the wait, or the store unreachable: retry
+    507: grpc.StatusCode.RESOURCE_EXHAUSTED,  # does not fit in the memory limit
+}
 MAX_CUSTOM_ATTRIBUTES = 1024  # SageMaker's limit
 
 
@@ -74,6 +82,7 @@ class SageMakerRouter(MLModel):
         lifecycle = ModelLifecycle(parts.registry, repository, repository.settings, reserved_names=folder_models)
         gate = V2Gate(lifecycle, folder_models, router_name=self.name)
         mlserver_internals.route_v2_calls(parts, gate.using, gate.load, gate.unload)
+        mlserver_internals.map_grpc_statuses(GRPC_STATUSES)
         guard_repository_calls(parts.registry, repository.settings)
         mlserver_internals.put_in_front(parts.rest_app, V2CompatMiddleware, settings=repository.settings)
         mlserver_internals.put_in_front(

@@ -24,7 +24,8 @@ before MLServer's app, bridges the two:
   and the answer carries ``Inference-Header-Content-Length``. This holds for
   JSON requests too, as the extension says.
 
-Every request body MLServer would read (POST, PUT, PATCH) is read here first, up to
+A 503 (a model still loading after the wait, or the store unreachable) carries
+``Retry-After: 1``. Every request body MLServer would read (POST, PUT, PATCH) is read here first, up to
 ``MLSERVER_MME_MAX_PAYLOAD_BYTES`` (413 beyond), and a compressed one is inflated
 here within the same bound: MLServer itself reads and inflates bodies without one.
 Otherwise, any other request, and the answer to a JSON request that asks for no
@@ -297,7 +298,10 @@ class V2CompatMiddleware:
         self.pool = BatchPool()
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        send = _retry_after_on_503(send)
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         try:
@@ -423,6 +427,19 @@ def _replaying(chunks: list, receive):
         return await receive()
 
     return replay
+
+
+def _retry_after_on_503(send):
+    """``send`` adding ``Retry-After: 1`` to a 503 (a model still loading, or the store unreachable)."""
+
+    async def sending(message):
+        if message["type"] == "http.response.start" and message["status"] == 503:
+            headers = list(message.get("headers", []))
+            if not any(name.lower() == b"retry-after" for name, _ in headers):
+                message = {**message, "headers": [*headers, (b"retry-after", b"1")]}
+        await send(message)
+
+    return sending
 
 
 async def _inline(function, *args):

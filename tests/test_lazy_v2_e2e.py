@@ -8,10 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import httpx
+import pytest
 from artifacts import EXPECTED, ROWS, example_bytes
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc import dataplane_pb2_grpc
-from test_lifecycle_e2e import call, loaded, metric
+from test_lifecycle_e2e import call, gated_artifact, loaded, metric, wait_until
 from test_stress_e2e import metrics_text
 
 HOUSTON = EXPECTED["predictions"]["Houston_TX.tar.gz"]
@@ -112,3 +113,22 @@ def test_per_model_metrics_keep_a_bounded_label_set(prefix, start_server):
     assert metric(text, 'mme_model_request_seconds_count{model="other"}') == 2  # c, and the missing one
     assert metric(text, 'mme_model_errors_total{code="ModelError",model="a.tar.gz"}') == 1
     assert metric(text, 'mme_model_errors_total{code="ValidationError",model="other"}') == 1
+
+
+def test_a_slow_first_call_answers_503_with_retry_after_or_unavailable_and_the_load_goes_on(
+    prefix, start_server, tmp_path
+):
+    gate = tmp_path / "gate"
+    prefix.put("slow.tar.gz", gated_artifact(load_gate=str(gate)))
+    server = start_server(load_wait_timeout=0.5)
+    payload = {"inputs": [{"name": "input-0", "shape": [1, 2], "datatype": "FP64", "data": [1, 2]}]}
+    reply = httpx.post(f"{server.url}/v2/models/slow/infer", json=payload, timeout=60)
+    assert (reply.status_code, reply.headers.get("retry-after")) == (503, "1"), reply.text
+    assert "still loading" in reply.json()["error"]
+    with pytest.raises(grpc.RpcError) as refused:
+        grpc_infer(server, "slow")
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    gate.touch()
+    wait_until(lambda: httpx.post(f"{server.url}/v2/models/slow/infer", json=payload).status_code == 200,
+               message="load finished")
+    assert prefix.gets("slow.tar.gz") == 1
