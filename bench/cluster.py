@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ import httpx
 import loadgen
 from cache import zipf_trace
 from common import BODY, ROOT, lru_hit_ratio, s3_env, s3_with_models
-from mlserver_process import free_port, free_port_block
+from mlserver_process import free_port, free_port_block, terminate
 
 from mlserver_mme.shards import shard_count
 
@@ -144,13 +143,7 @@ class Served:
         return len(up) == self.count
 
     def __exit__(self, *exc) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, 60)
         self._log.close()
 
 

@@ -41,6 +41,17 @@ def free_port_block(count: int) -> int:
     raise RuntimeError("no block of free ports")
 
 
+def terminate(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM ``process`` (a server drains), then SIGKILL it if it has not exited within ``timeout`` s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
 class MLServerProcess:
     def __init__(self, env: dict, log_path: str, settings_dir: str = os.path.join(ROOT, "model-settings")):
         self.http_port = free_port()
@@ -84,12 +95,6 @@ class MLServerProcess:
             return file.read().decode(errors="replace")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
         if self.process:
+            terminate(self.process, 15)
             self._log.close()

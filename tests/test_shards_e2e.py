@@ -19,7 +19,7 @@ import httpx
 import pytest
 from artifacts import EXPECTED, ROWS, example_bytes, example_targets
 from conftest import BUCKET, CREDENTIALS, _lower, s3_env
-from mlserver_process import ROOT, free_port, free_port_block
+from mlserver_process import ROOT, free_port, free_port_block, terminate
 
 from mlserver_mme.config import MMESettings
 from mlserver_mme.naming import v2_name
@@ -145,13 +145,7 @@ class ShardedServer:
         return (self.work / "serve.log").read_bytes().decode(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process, 40)
         for pid in processes_with(self.cache):  # whatever a failed test left behind
             os.kill(pid, signal.SIGKILL)
         self._log.close()
