@@ -360,10 +360,26 @@ def _index_out_of_bounds(index: str) -> str:
 
 
 def _csr(values: np.ndarray, indices: np.ndarray, indptr: np.ndarray) -> scipy.sparse.csr_matrix:
+    _refuse_repeated_indices(indices, indptr)
     rows = len(indptr) - 1
     columns = int(indices.max()) + 1 if len(indices) else 0  # 0 for labels only: refused, not a prediction per line
     _check_shape(rows, columns)
     return scipy.sparse.csr_matrix((values, indices, indptr), shape=(rows, columns))
+
+
+def _refuse_repeated_indices(indices: np.ndarray, indptr: np.ndarray) -> None:
+    """A row naming a feature twice has no one meaning (XGBoost and Treelite each take another
+    value), so it is refused rather than answered one way or the other."""
+    ascending = indices[1:] > indices[:-1]
+    ascending[indptr[1:-1][indptr[1:-1] > 0] - 1] = True  # a row's first index may be anything
+    if ascending.all():  # the usual case, in one pass
+        return
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    keys = rows * MAX_COLUMNS + indices
+    unique, counts = np.unique(keys, return_counts=True)
+    if (counts > 1).any():
+        row, column = divmod(int(unique[np.argmax(counts > 1)]), MAX_COLUMNS)
+        raise BadPayload(f"libsvm row {row + 1} names feature {column} more than once")
 
 
 # Blanks and line breaks are the only separators among these bytes (str.split() also splits on \v, \f, \x1c...).

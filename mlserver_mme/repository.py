@@ -123,12 +123,15 @@ class MMERepository(SchemalessModelRepository):
         path = find_model_file(folder)
         started = time.perf_counter()
         try:
-            isolation.run(check_model_file, path, self.settings.allow_pickle, limits=self.check_limits)
+            found = isolation.run(check_model_file, path, self.settings.allow_pickle, limits=self.check_limits)
         except isolation.IsolatedFailure as failure:
             raise BrokenModel(f"The model '{target}' failed its load check: {failure.message}") from None
         elapsed = time.perf_counter() - started
         metrics().checking.observe(elapsed)
-        logger.info("event=check model=%s check_ms=%.1f", target, elapsed * 1e3)
+        logger.info(
+            "event=check model=%s check_ms=%.1f format=%s saved_by=%s compared_with=%s",
+            target, elapsed * 1e3, found["format"], found["saved_by"], found["compared_with"].replace(" ", "_"),
+        )
 
     def settings_for_folder(self, target: str, folder: str, name: str, etag: str = "") -> ModelSettings:
         """Describe the unpacked model in ``folder`` under the MLServer ``name``."""

@@ -13,6 +13,8 @@ import tarfile
 import numpy as np
 import xgboost as xgb
 
+from mlserver_mme.runtimes import model_file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples", "models")
 EXPECTED = json.load(open(os.path.join(ROOT, "tests", "fixtures", "expected_1_7_6.json")))
@@ -34,15 +36,13 @@ def legacy_model_bytes(target: str = "Houston_TX.tar.gz") -> bytes:
 
 
 def booster(target: str = "Houston_TX.tar.gz") -> xgb.Booster:
-    model = xgb.Booster()
-    model.load_model(bytearray(legacy_model_bytes(target)))
-    return model
+    """The bundled legacy-binary model, read as the server reads it (XGBoost 3.1+ do not read it)."""
+    return model_file.read(legacy_model_bytes(target), allow_pickle=False).booster()
 
 
 def predict(model_bytes: bytes, rows=ROWS) -> list:
     """What xgboost itself predicts for a (non-pickle) model file, as Python floats."""
-    model = xgb.Booster()
-    model.load_model(bytearray(model_bytes))
+    model = model_file.read(model_bytes, allow_pickle=False).booster()
     return [float(v) for v in model.predict(xgb.DMatrix(np.asarray(rows, dtype=np.float64)))]
 
 

@@ -503,7 +503,7 @@ def test_libsvm_values_read_as_float_reads_them(monkeypatch, seed):
     while values:
         label = rng.choice(["", "0 ", "1.5 ", "-3e2 ", "nan "])
         count = min(rng.randint(0, 8), len(values))
-        features = [f"{rng.choice(['', '+', '0'])}{rng.randrange(50)}:{values.pop()}" for _ in range(count)]
+        features = [f"{rng.choice(['', '+', '0'])}{index}:{values.pop()}" for index in rng.sample(range(50), count)]
         lines.append(label + rng.choice([" ", "\t", "  "]).join(features) + rng.choice(["", " ", "\t"]))
     body = rng.choice(["\n", "\r\n"]).join(lines).encode()
     _no_exact_reader(monkeypatch)

@@ -7,7 +7,7 @@ import pytest
 from mlserver.settings import ModelSettings
 
 from mlserver_mme.errors import ModelStillLoading
-from mlserver_mme.runtimes.xgboost import XGBoostModel
+from mlserver_mme.runtimes.xgboost import XGBoostModel, batch_predictor
 
 
 def test_a_model_unloaded_under_a_request_answers_retry_not_500():
@@ -23,6 +23,7 @@ def test_a_predictor_taken_before_an_unload_or_a_swap_still_predicts():
     model = XGBoostModel(ModelSettings(name="m", implementation=XGBoostModel))
     loaded = booster()
     model._booster, model._num_features, model._outputs = loaded, loaded.num_features(), 1
+    model._batch = batch_predictor(loaded)
     predict = model.predictor()  # taken on the loop when the request got its model
     asyncio.run(model.unload())  # then an update swaps the version out before the batch thread runs
     rows = np.asarray(ROWS, dtype=np.float32)

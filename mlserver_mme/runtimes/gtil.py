@@ -58,7 +58,7 @@ def exact_gtil(booster, trees: list, nthread: int) -> Optional[Predictor]:
         model = treelite.frontend.from_xgboost(booster)
     except treelite.TreeliteError:
         return None  # a model Treelite does not read
-    base_score = np.float32(float(parameters["base_score"]))
+    base_score = np.float32(float(str(parameters["base_score"]).strip("[]")))  # 3.1+ write "[0.5E0]"
     config = GTILConfig(predict_type="score_per_tree", nthread=nthread)  # parsed once, not per call
     dense = _dense_per_tree(model, config)
 

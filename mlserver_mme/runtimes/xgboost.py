@@ -2,15 +2,14 @@
 
 The model folder holds ``xgboost-model`` (containers 1.3-1 ... 1.7-1 write the
 legacy binary format there, newer ones JSON or UBJSON, 0.90-1.2 a pickle), or
-``model.json`` / ``model.ubj`` / ``model.bst``, or a single model file. The
-format is told from the bytes, not the name. Pickles run code when loaded, so
-they are refused unless the operator allows them (``MLSERVER_MME_ALLOW_PICKLE``).
+``model.json`` / ``model.ubj`` / ``model.bst``, or a single model file. How each
+format is read, and which are refused, is ``model_file``'s job; the check that
+a new artifact answers what its training answered is ``crosscheck``'s.
 """
 
 import functools
 import json
 import os
-import pickle
 
 from typing import Callable, Optional
 
@@ -24,6 +23,7 @@ from mlserver.types import InferenceRequest, InferenceResponse
 from ..errors import BadPayload, BrokenModel, ModelStillLoading, describe
 from ..payloads import MAX_ROWS, Features
 from ..threads import in_loads
+from . import crosscheck, model_file
 from .gtil import Predictor, exact_gtil
 
 PREFERRED_FILES = ("xgboost-model", "model.json", "model.ubj", "model.bst")
@@ -52,42 +52,28 @@ def find_model_file(folder: str) -> str:
     )
 
 
-def model_format(data: bytes) -> str:
-    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "pickle"
-    if data[:1] == b"{":
-        return "json" if data[1:2] in (b'"', b"}", b" ", b"\n") else "ubj"
-    return "legacy-binary"
-
-
 def load_booster(path: str, allow_pickle: bool, nthread: int) -> xgb.Booster:
-    """Load any XGBoost artifact format; raises BrokenModel with the reason."""
+    """Load any XGBoost artifact format (``model_file``); raises BrokenModel with the reason."""
+    return _ready(read_model_file(path, allow_pickle).booster(), nthread)
+
+
+def read_model_file(path: str, allow_pickle: bool) -> model_file.ModelFile:
     with open(path, "rb") as file:
-        data = file.read()
-    kind = model_format(data)
-    try:
-        if kind == "pickle":
-            if not allow_pickle:
-                raise BrokenModel(
-                    "the artifact is a pickled model; pickles can run code when loaded, so they are only "
-                    "loaded when the server is started with MLSERVER_MME_ALLOW_PICKLE=true"
-                )
-            booster = pickle.loads(data)
-            if not isinstance(booster, xgb.Booster):
-                booster = getattr(booster, "get_booster", lambda: None)()
-            if not isinstance(booster, xgb.Booster):
-                raise BrokenModel("the pickle does not hold an XGBoost Booster or scikit-learn model")
-        else:
-            booster = xgb.Booster()
-            booster.load_model(bytearray(data))
-    except BrokenModel:
-        raise
-    except Exception as error:  # xgboost raises XGBoostError, pickle many kinds
-        raise BrokenModel(f"XGBoost could not load the {kind} model file: {describe(error)}") from None
+        return model_file.read(file.read(), allow_pickle)
+
+
+def _ready(booster: xgb.Booster, nthread: int) -> xgb.Booster:
     booster.set_param({"nthread": nthread})
     # xgboost sets up its predictor on the first prediction: do it here, off the event loop.
-    booster.inplace_predict(np.zeros((1, booster.num_features()), dtype=np.float32))
+    batch_predictor(booster)(np.zeros((1, booster.num_features()), dtype=np.float32))
     return booster
+
+
+def batch_predictor(booster: xgb.Booster) -> Callable[[Features], np.ndarray]:
+    """XGBoost's prediction of a matrix of rows: ``inplace_predict``, which gblinear lacks."""
+    if json.loads(booster.save_config())["learner"]["gradient_booster"]["name"] != "gblinear":
+        return functools.partial(booster.inplace_predict, validate_features=False)
+    return lambda features: booster.predict(xgb.DMatrix(features, missing=np.nan), validate_features=False)
 
 
 def _gtil_for(booster: xgb.Booster, path: str, nthread: int, model: Optional[dict] = None) -> Optional[Predictor]:
@@ -112,22 +98,32 @@ def _outputs(learner_model_param: dict) -> int:
     return max(1, int(learner_model_param.get("num_class", 0)), int(learner_model_param.get("num_target", 1)))
 
 
-def check_model_file(path: str, allow_pickle: bool) -> None:
-    """Raise BrokenModel unless XGBoost can load and predict with ``path`` without harm.
+def check_model_file(path: str, allow_pickle: bool) -> dict:
+    """Raise BrokenModel unless the server can serve ``path`` without harm and with the right answers.
 
     Run in an isolated child (``isolation.run``): loading parses the file in C++,
     and prediction follows the trees' child indices without bounds checks, so a
     malformed file can crash. The trees are checked to be well-formed (every
-    child index in range, every split on a known feature, no node reached twice)
-    and then predicted on, with values and with missing values.
+    child index in range, every split on a known feature, no node reached twice),
+    predicted on with values and with missing values, and then the server's
+    predictor (GTIL included, as the load sets it up) must agree with a second
+    reading of the file (``crosscheck``). Returns what the log records of it.
     """
-    booster = load_booster(path, allow_pickle, nthread=1)
+    source = read_model_file(path, allow_pickle)
+    booster = source.booster()
     model = json.loads(bytes(booster.save_raw("json")))
     _check_structure(model)
     width = booster.num_features()
-    booster.inplace_predict(np.full((1, width), np.nan, dtype=np.float32))
-    booster.inplace_predict(np.ones((1, width), dtype=np.float32))
-    _gtil_for(booster, path, 1, model)  # as the server's load does next: Treelite's parsing included
+    booster.set_param({"nthread": 1})
+    batch = batch_predictor(booster)
+    batch(np.full((1, width), np.nan, dtype=np.float32))
+    batch(np.ones((1, width), dtype=np.float32))
+    gtil = _gtil_for(booster, path, 1, model)  # as the server's load does next: Treelite's parsing included
+    predictor = functools.partial(_predict, batch, gtil, width, outputs_per_row(booster))
+    if source.kind == "json" or source.kind == "legacy-binary":
+        model = json.loads(source.model)  # the file's own values, not XGBoost's reading of them
+    second = crosscheck.check_agreement(source, model, booster, predictor, GTIL_MAX_ROWS)
+    return {"format": source.kind, "saved_by": source.saved_by, "compared_with": second}
 
 
 def _check_structure(model: dict) -> None:
@@ -141,7 +137,7 @@ def _check_structure(model: dict) -> None:
     if len(tree_info) != len(trees) or any(not 0 <= group < outputs for group in tree_info):
         raise BrokenModel("the model's tree groups do not match its outputs")
     for number, tree in enumerate(trees):
-        problem = _tree_problem(tree, num_feature)
+        problem = _tree_problem(tree, num_feature, outputs)
         if problem:
             raise BrokenModel(f"tree {number} of the model is malformed: {problem}")
 
@@ -158,18 +154,25 @@ def _trees(model: dict) -> list:
     return _tree_model(model).get("trees", [])
 
 
-def _tree_problem(tree: dict, num_feature: int) -> str:
+def _tree_problem(tree: dict, num_feature: int, outputs: int) -> str:
     size = int(tree["tree_param"]["num_nodes"])
+    leaf_size = max(1, int(tree["tree_param"].get("size_leaf_vector", 0)))
     left, right, split = tree["left_children"], tree["right_children"], tree["split_indices"]
     if size < 1 or not len(left) == len(right) == len(split) == len(tree["split_conditions"]) == size:
         return "its node arrays do not match its node count"
+    if leaf_size not in (1, outputs) or len(tree.get("base_weights", ())) != size * leaf_size:
+        return f"its leaves hold {leaf_size} values, for {outputs} outputs and {size} nodes"
+    # XGBoost 3.2's vector leaves: a leaf's right child is its row in leaf_weights
+    leaf_rows = len(tree.get("leaf_weights", ())) // leaf_size if leaf_size > 1 else 0
+    if leaf_size > 1 and leaf_rows * leaf_size != len(tree.get("leaf_weights", ())):
+        return "its leaf weights do not fill whole leaves"
     seen, pending = set(), [0]
     while pending:
         node = pending.pop()
         if node in seen:
             return f"node {node} is reached twice"
         seen.add(node)
-        if left[node] == -1 and right[node] == -1:
+        if left[node] == -1 and (right[node] == -1 or (leaf_size > 1 and 0 <= right[node] < leaf_rows)):
             continue
         for child in (left[node], right[node]):
             if not 0 < child < size:
@@ -184,6 +187,29 @@ def _tree_problem(tree: dict, num_feature: int) -> str:
     return ""
 
 
+def _predict(
+    batch: Callable[[Features], np.ndarray], gtil: Optional[Predictor], num_features: int, outputs: int,
+    features: Features,
+) -> np.ndarray:
+    """The server's prediction: GTIL for small requests where it is exact, else XGBoost's."""
+    if features.shape[0] * outputs > MAX_PREDICTIONS:
+        # a model with many classes multiplies a small body into a huge answer
+        raise BadPayload(
+            f"the answer would hold {features.shape[0]} rows of {outputs} values, more than "
+            f"{MAX_PREDICTIONS} values: send fewer rows"
+        )
+    if features.shape[1] > num_features or (features.shape[1] < num_features and isinstance(features, np.ndarray)):
+        raise BadPayload(f"the model takes {num_features} features but a row has {features.shape[1]}")
+    if features.shape[1] < num_features:
+        features.resize((features.shape[0], num_features))  # libsvm: trailing features absent
+    try:
+        if gtil is not None and features.shape[0] <= GTIL_MAX_ROWS:
+            return gtil(features)
+        return batch(features)
+    except (xgb.core.XGBoostError, treelite.TreeliteError) as error:
+        raise BadPayload(f"XGBoost rejected the input: {describe(error)}") from None
+
+
 class XGBoostModel(MLModel):
     """Serves one XGBoost booster, through V2 and through the SageMaker router.
 
@@ -192,6 +218,7 @@ class XGBoostModel(MLModel):
     """
 
     _booster: Optional[xgb.Booster] = None
+    _batch: Optional[Callable[[Features], np.ndarray]] = None  # batch_predictor(_booster)
     _gtil: Optional[Predictor] = None
     _outputs = 1
 
@@ -202,6 +229,7 @@ class XGBoostModel(MLModel):
         # Reading and parsing a model takes milliseconds to seconds: keep it off the event loop.
         nthread = int(options.get("nthread", 1))
         self._booster = await in_loads(load_booster, path, bool(options.get("allow_pickle", False)), nthread)
+        self._batch = batch_predictor(self._booster)
         self._num_features = self._booster.num_features()
         self._outputs = outputs_per_row(self._booster)
         self._gtil = await in_loads(_gtil_for, self._booster, path, nthread)
@@ -222,35 +250,12 @@ class XGBoostModel(MLModel):
         Taken on the event loop when a request gets its model, then run in a batch thread: an
         unload or an update's swap in between does not take the booster from under it.
         """
-        return functools.partial(self._predict_with, self._booster, self._gtil)
+        return functools.partial(self._predict_with, self._batch, self._gtil)
 
-    def _predict_with(
-        self, booster: Optional[xgb.Booster], gtil: Optional[Predictor], features: Features
-    ) -> np.ndarray:
-        if booster is None:
+    def _predict_with(self, batch: Optional[Callable], gtil: Optional[Predictor], features: Features) -> np.ndarray:
+        if batch is None:
             raise ModelStillLoading("The model was unloaded while the request waited; retry it.")
-        if features.shape[0] * self._outputs > MAX_PREDICTIONS:
-            # a model with many classes multiplies a small body into a huge answer
-            raise BadPayload(
-                f"the answer would hold {features.shape[0]} rows of {self._outputs} values, more than "
-                f"{MAX_PREDICTIONS} values: send fewer rows"
-            )
-        if features.shape[1] > self._num_features:
-            raise BadPayload(
-                f"the model takes {self._num_features} features but a row has {features.shape[1]}"
-            )
-        if features.shape[1] < self._num_features:
-            if isinstance(features, np.ndarray):
-                raise BadPayload(
-                    f"the model takes {self._num_features} features but a row has {features.shape[1]}"
-                )
-            features.resize((features.shape[0], self._num_features))  # libsvm: trailing features absent
-        try:
-            if gtil is not None and features.shape[0] <= GTIL_MAX_ROWS:
-                return gtil(features)
-            return booster.inplace_predict(features, validate_features=False)
-        except (xgb.core.XGBoostError, treelite.TreeliteError) as error:
-            raise BadPayload(f"XGBoost rejected the input: {describe(error)}") from None
+        return _predict(batch, gtil, self._num_features, self._outputs, features)
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         features = self.decode_request(payload, default_codec=NumpyRequestCodec)
@@ -264,5 +269,5 @@ class XGBoostModel(MLModel):
         return self.encode_response(predictions, default_codec=NumpyRequestCodec)
 
     async def unload(self) -> bool:
-        self._booster = self._gtil = None
+        self._booster = self._batch = self._gtil = None
         return True

@@ -1,0 +1,220 @@
+"""A second, independent reading of a model file, compared with what the server will answer.
+
+XGBoost releases read each other's files differently now and then (3.0 read a
+3.1 model's vector base score as another number and answered a wrong value with
+no error), and a legacy binary model is converted before XGBoost reads it. So
+when a new artifact is checked, Treelite reads the same bytes on its own (its
+JSON, UBJSON and legacy binary readers share no code with XGBoost's) and its
+General Tree Inference Library predicts probe rows: every feature on, just below
+and just above each of its split thresholds, missing values, and one row down
+the path to each leaf. The server's own predictor answers the same rows in the
+shapes it serves (one row, a small batch on the GTIL path, a large batch on
+XGBoost's, dense and sparse), and every answer must match Treelite's to float32
+rounding. A model Treelite does not read (gblinear, vector leaves) is compared
+through its margins with a NumPy evaluation of the JSON model instead.
+"""
+
+import ctypes
+import json
+from typing import Callable, List, Optional
+
+import numpy as np
+import scipy.sparse
+import treelite
+import treelite.core
+import treelite.gtil
+import xgboost
+
+from ..errors import BrokenModel
+from .model_file import ModelFile
+
+RTOL = 1e-5  # float32 rounding of sums taken in another order, and of exp/sigmoid in double
+MAX_LEAF_ROWS = 2048
+# Objectives whose answer is a class or a sign: compared through their margins, where a
+# rounding difference cannot flip the answer.
+DISCRETE_OBJECTIVES = ("multi:softmax", "binary:hinge")
+_LIB = getattr(treelite.core, "_LIB", None)
+
+
+def second_reading(source: ModelFile) -> Optional[treelite.Model]:
+    """Treelite's reading of the file's own bytes, or None where Treelite does not read the model."""
+    try:
+        if source.source_format == "json":
+            return treelite.frontend.from_xgboost_json(source.source)
+        if source.source_format == "ubj":
+            return treelite.frontend.from_xgboost_ubjson(source.source)
+        if source.source_format == "legacy-binary" and _LIB is not None:
+            handle = ctypes.c_void_p()
+            data = bytearray(source.source)
+            buffer = (ctypes.c_char * len(data)).from_buffer(data)
+            status = _LIB.TreeliteLoadXGBoostModelLegacyBinaryFromMemoryBuffer(
+                buffer, ctypes.c_size_t(len(data)), ctypes.c_char_p(b"{}"), ctypes.byref(handle)
+            )
+            return treelite.Model(handle=handle) if status == 0 else None
+    except treelite.TreeliteError:
+        return None
+    return None
+
+
+def check_agreement(source: ModelFile, model: dict, booster, predict: Callable, max_rows: int) -> str:
+    """Raise BrokenModel unless the server's answers match a second reading; say which one was used.
+
+    ``model`` is the booster's JSON model, ``predict`` the server's predictor and
+    ``max_rows`` the largest batch that takes the server's small-batch path.
+    """
+    learner = model["learner"]
+    objective = learner["objective"]["name"]
+    rows = probe_rows(model, booster.num_features())
+    reference = second_reading(source)
+    # A sparse row leaves out its zeros: they are missing values there, as in a libsvm request.
+    sparse_rows = np.where(rows == 0, np.float32(np.nan), rows)
+    if reference is not None:
+        expected = {
+            "margins": treelite.gtil.predict(reference, rows, nthread=1, pred_margin=True),
+            "dense": treelite.gtil.predict(reference, rows, nthread=1),
+            "sparse": treelite.gtil.predict(reference, sparse_rows, nthread=1),
+        }
+        reader = "Treelite"
+    elif learner["gradient_booster"]["name"] == "gblinear":
+        expected, reader = {"margins": _linear_margin(model, rows)}, "a NumPy evaluation"
+    else:
+        return "XGBoost only"
+    answers = {"margins": ("margins", _margins(booster, rows))}
+    if objective not in DISCRETE_OBJECTIVES and "dense" in expected:
+        answers.update(_answers(predict, rows, max_rows))
+    for shape, (kind, answer) in answers.items():
+        difference = _difference(answer, expected[kind])
+        if difference:
+            raise BrokenModel(
+                f"its predictions differ from a second reading of the file ({reader}) on {shape}: {difference}. "
+                f"The model was saved by XGBoost {source.saved_by}; this server runs XGBoost "
+                f"{_xgboost_version()} and will not serve answers it cannot vouch for"
+            )
+    return reader
+
+
+def _answers(predict: Callable, rows: np.ndarray, max_rows: int) -> dict:
+    """The server's answers to ``rows`` in each shape it predicts in."""
+    def stacked(parts):
+        return np.concatenate([np.asarray(part).reshape(len(part), -1) for part in parts])
+
+    sparse = scipy.sparse.csr_matrix(np.nan_to_num(rows, nan=0.0))
+    sparse.eliminate_zeros()  # absent, as a libsvm row leaves them: missing, like the NaN they stand for
+    return {
+        "single rows": ("dense", stacked(predict(rows[i : i + 1]) for i in range(min(8, len(rows))))),
+        f"batches of {max_rows} rows": (
+            "dense", stacked(predict(rows[i : i + max_rows]) for i in range(0, len(rows), max_rows))
+        ),
+        "one large batch": ("dense", predict(np.concatenate([rows] * 2))),
+        "one large sparse batch": ("sparse", predict(scipy.sparse.vstack([sparse, sparse]).tocsr())),
+    }
+
+
+def _margins(booster, rows: np.ndarray) -> np.ndarray:
+    return booster.predict(xgboost.DMatrix(rows, missing=np.nan), output_margin=True)
+
+
+def _difference(answer: np.ndarray, expected: np.ndarray) -> str:
+    """'' when ``answer`` matches ``expected`` to float32 rounding, else where and by how much.
+
+    ``answer`` may hold the first rows of ``expected``, or its rows over again.
+    """
+    answer = np.asarray(answer, dtype=np.float64).reshape(len(answer), -1)
+    expected = np.asarray(expected, dtype=np.float64).reshape(len(expected), -1)
+    if answer.shape[1] != expected.shape[1]:
+        return f"{answer.shape[1]} values per row instead of {expected.shape[1]}"
+    expected = np.resize(expected, answer.shape)  # rows repeated in order
+    scale = np.nanmax(np.abs(expected), initial=0.0) if expected.size else 0.0
+    close = np.isclose(answer, expected, rtol=RTOL, atol=RTOL * scale + 1e-6, equal_nan=True)
+    if close.all():
+        return ""
+    row, column = np.argwhere(~close)[0]
+    return (
+        f"{int((~close).any(axis=1).sum())} of {len(answer)} rows differ, the first "
+        f"{answer[row, column]:.7g} against {expected[row, column]:.7g}"
+    )
+
+
+def probe_rows(model: dict, num_features: int) -> np.ndarray:
+    """Rows on and beside every split threshold, missing values, and one row down to each leaf."""
+    from .gtil import _probe
+
+    trees = _trees(model)
+    rows = [_probe(trees, num_features)]
+    leaf_rows = _leaf_rows(trees, num_features)
+    if len(leaf_rows):
+        rows.append(leaf_rows)
+    return np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
+
+
+def _leaf_rows(trees: List[dict], num_features: int) -> np.ndarray:
+    """One row per leaf (up to ``MAX_LEAF_ROWS``), its features set to go down that leaf's path."""
+    paths = []
+    for tree in trees:
+        left, right = tree["left_children"], tree["right_children"]
+        split, conditions = tree["split_indices"], tree["split_conditions"]
+        categorical = tree.get("split_type") or [0] * len(left)
+        pending = [(0, {})]
+        while pending and len(paths) < MAX_LEAF_ROWS:
+            node, bounds = pending.pop()
+            if left[node] == -1:
+                paths.append(bounds)
+                continue
+            feature = split[node]
+            if categorical[node]:  # left free: the threshold probe covers its categories
+                pending += [(left[node], bounds), (right[node], bounds)]
+                continue
+            low, high = bounds.get(feature, (-np.inf, np.inf))
+            threshold = np.float32(conditions[node])
+            # x < threshold goes left, else right (NaN: the default side, covered by the threshold probe)
+            pending.append((left[node], {**bounds, feature: (low, min(high, threshold))}))
+            pending.append((right[node], {**bounds, feature: (max(low, threshold), high)}))
+    rows = np.full((len(paths), num_features), np.nan, dtype=np.float32)
+    for number, bounds in enumerate(paths):
+        for feature, (low, high) in bounds.items():
+            if feature < num_features:
+                rows[number, feature] = _inside(low, high)
+    return rows
+
+
+def _inside(low: float, high: float) -> np.float32:
+    """A float32 in [low, high), or NaN when there is none (a leaf no row reaches)."""
+    if np.isinf(low) and np.isinf(high):
+        return np.float32(0.0)
+    if np.isinf(low):
+        return np.nextafter(np.float32(high), np.float32(-np.inf))
+    return np.float32(low) if low < high else np.float32(np.nan)
+
+
+def _linear_margin(model: dict, rows: np.ndarray) -> np.ndarray:
+    """gblinear's margins: the rows (missing as 0) times the weights, plus the bias and base margin."""
+    parameters = model["learner"]["learner_model_param"]
+    groups = max(1, int(parameters.get("num_class", 0)), int(parameters.get("num_target", 1)))
+    weights = np.asarray(model["learner"]["gradient_booster"]["model"]["weights"], dtype=np.float64)
+    weights = weights.reshape(-1, groups)
+    base = _base_margin(model)
+    return np.nan_to_num(rows.astype(np.float64), nan=0.0) @ weights[:-1] + weights[-1] + base
+
+
+def _base_margin(model: dict) -> np.ndarray:
+    """The base score as a margin, as XGBoost turns the stored probability into one."""
+    learner = model["learner"]
+    text = str(learner["learner_model_param"]["base_score"]).strip("[]")
+    score = np.asarray([float(part) for part in text.split(",")], dtype=np.float64)
+    objective = learner["objective"]["name"]
+    if objective in ("binary:logistic", "reg:logistic"):
+        return np.log(score / (1 - score))
+    if objective in ("count:poisson", "reg:gamma", "reg:tweedie", "survival:aft", "survival:cox"):
+        return np.log(score)
+    return score
+
+
+def _trees(model: dict) -> list:
+    booster = model["learner"]["gradient_booster"]
+    if booster["name"] == "dart":
+        booster = booster["gbtree"]
+    return booster.get("model", {}).get("trees", []) if booster["name"] == "gbtree" else []
+
+
+def _xgboost_version() -> str:
+    return xgboost.__version__
