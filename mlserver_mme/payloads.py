@@ -371,7 +371,8 @@ def _refuse_repeated_indices(indices: np.ndarray, indptr: np.ndarray) -> None:
     """A row naming a feature twice has no one meaning (XGBoost and Treelite each take another
     value), so it is refused rather than answered one way or the other."""
     ascending = indices[1:] > indices[:-1]
-    ascending[indptr[1:-1][indptr[1:-1] > 0] - 1] = True  # a row's first index may be anything
+    starts = indptr[1:-1]
+    ascending[starts[(starts > 0) & (starts < len(indices))] - 1] = True  # a row's first index may be anything
     if ascending.all():  # the usual case, in one pass
         return
     rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))

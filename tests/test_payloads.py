@@ -737,3 +737,23 @@ def test_npy_in_any_byte_order_is_read_in_native_order(dtype):
     decoded = decode(buffer.getvalue(), "application/x-npy")
     assert decoded.dtype.isnative
     assert decoded.tolist() == ([[1.5, 2.0, 3.0]] if dtype[1] == "f" else [[1, 2, 3]])
+
+
+@pytest.mark.parametrize("fast_from", [FAST, EXACT])
+@pytest.mark.parametrize(
+    "body, row, feature",
+    [
+        (b"1 3:1.7500001192092896 2:3.5 2:5.5 1:2068.5 5:0.5 1:3661.499755859375", 1, 1),
+        (b"1:1 2:2\n0\n2:1 3:1 2:3\n", 3, 2),
+        (b"0 4:1 4:1\n", 1, 4),
+    ],
+)
+def test_a_libsvm_row_naming_a_feature_twice_is_refused_by_both_readers(monkeypatch, fast_from, body, row, feature):
+    monkeypatch.setattr(payloads, "_FAST_FROM", fast_from)
+    with pytest.raises(BadPayload, match=f"libsvm row {row} names feature {feature} more than once"):
+        decode(body, "text/libsvm")
+
+
+@pytest.mark.parametrize("body", [b"2:1 1:2\n1:1 2:2\n", b"1:1\n0\n\n3:1 1:1\n0\n"])
+def test_libsvm_rows_in_any_order_or_empty_are_still_read(body):
+    assert decode(body, "text/libsvm").shape[0] == body.count(b"\n") - body.count(b"\n\n")

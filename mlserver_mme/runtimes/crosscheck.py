@@ -25,7 +25,7 @@ import treelite.core
 import treelite.gtil
 import xgboost
 
-from ..errors import BrokenModel
+from ..errors import BrokenModel, describe
 from .model_file import ModelFile
 
 RTOL = 1e-5  # float32 rounding of sums taken in another order, and of exp/sigmoid in double
@@ -37,22 +37,24 @@ _LIB = getattr(treelite.core, "_LIB", None)
 
 
 def second_reading(source: ModelFile) -> Optional[treelite.Model]:
-    """Treelite's reading of the file's own bytes, or None where Treelite does not read the model."""
-    try:
-        if source.source_format == "json":
-            return treelite.frontend.from_xgboost_json(source.source)
-        if source.source_format == "ubj":
-            return treelite.frontend.from_xgboost_ubjson(source.source)
-        if source.source_format == "legacy-binary" and _LIB is not None:
-            handle = ctypes.c_void_p()
-            data = bytearray(source.source)
-            buffer = (ctypes.c_char * len(data)).from_buffer(data)
-            status = _LIB.TreeliteLoadXGBoostModelLegacyBinaryFromMemoryBuffer(
-                buffer, ctypes.c_size_t(len(data)), ctypes.c_char_p(b"{}"), ctypes.byref(handle)
-            )
-            return treelite.Model(handle=handle) if status == 0 else None
-    except treelite.TreeliteError:
-        return None
+    """Treelite's reading of the file's own bytes; None for a pickle's snapshot, which only XGBoost reads.
+
+    Raises ``treelite.TreeliteError`` when Treelite does not read the model.
+    """
+    if source.source_format == "json":
+        return treelite.frontend.from_xgboost_json(source.source)
+    if source.source_format == "ubj":
+        return treelite.frontend.from_xgboost_ubjson(source.source)
+    if source.source_format == "legacy-binary" and _LIB is not None:
+        handle = ctypes.c_void_p()
+        data = bytearray(source.source)
+        buffer = (ctypes.c_char * len(data)).from_buffer(data)
+        status = _LIB.TreeliteLoadXGBoostModelLegacyBinaryFromMemoryBuffer(
+            buffer, ctypes.c_size_t(len(data)), ctypes.c_char_p(b"{}"), ctypes.byref(handle)
+        )
+        if status != 0:
+            raise treelite.TreeliteError(_LIB.TreeliteGetLastError().decode(errors="replace"))
+        return treelite.Model(handle=handle)
     return None
 
 
@@ -65,7 +67,14 @@ def check_agreement(source: ModelFile, model: dict, booster, predict: Callable, 
     learner = model["learner"]
     objective = learner["objective"]["name"]
     rows = probe_rows(model, booster.num_features())
-    reference = second_reading(source)
+    linear = learner["gradient_booster"]["name"] == "gblinear"
+    try:
+        reference = None if linear else second_reading(source)
+    except treelite.TreeliteError as error:
+        raise BrokenModel(
+            f"Treelite, which checks the server's reading of every tree model, cannot read it "
+            f"({describe(error)}); the model was saved by XGBoost {source.saved_by}"
+        ) from None
     # A sparse row leaves out its zeros: they are missing values there, as in a libsvm request.
     sparse_rows = np.where(rows == 0, np.float32(np.nan), rows)
     if reference is not None:
@@ -75,7 +84,7 @@ def check_agreement(source: ModelFile, model: dict, booster, predict: Callable, 
             "sparse": treelite.gtil.predict(reference, sparse_rows, nthread=1),
         }
         reader = "Treelite"
-    elif learner["gradient_booster"]["name"] == "gblinear":
+    elif linear:
         expected, reader = {"margins": _linear_margin(model, rows)}, "a NumPy evaluation"
     else:
         return "XGBoost only"
