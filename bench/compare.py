@@ -87,10 +87,15 @@ def warm(name, pid, make_request, concs, args, results, latencies=None):
 # -- floors ------------------------------------------------------------------------------------------------
 
 
+def _booster(raw: bytes) -> "xgb.Booster":
+    """A model file's booster, as directly as the runtime's XGBoost allows (a legacy file is converted)."""
+    from mlserver_mme.runtimes.model_file import read
+
+    return read(raw, allow_pickle=False).booster()
+
+
 def floor_inprocess(results):
-    raw = tarfile.open(fileobj=io.BytesIO(MODEL)).extractfile("xgboost-model").read()
-    booster = xgb.Booster()
-    booster.load_model(bytearray(raw))
+    booster = _booster(tarfile.open(fileobj=io.BytesIO(MODEL)).extractfile("xgboost-model").read())
     booster.set_param({"nthread": 1})
     from mlserver_mme.payloads import decode, encode
 
@@ -123,8 +128,8 @@ def floor_cold(s3_url, targets):
         with tempfile.TemporaryDirectory() as folder:
             with tarfile.open(fileobj=io.BytesIO(data)) as tar:
                 tar.extractall(folder, filter="data")
-            booster = xgb.Booster()
-            booster.load_model(os.path.join(folder, "xgboost-model"))
+            with open(os.path.join(folder, "xgboost-model"), "rb") as file:
+                booster = _booster(file.read())
         booster.inplace_predict(np.array([ROW], dtype=np.float32))
         times.append((time.perf_counter() - started) * 1e3)
     return times
@@ -381,9 +386,7 @@ def main():
             results["exact_trace"] = {"requests": args.exact_requests, "hit_ratio": measured, "lru_simulation": expected}
         if "plain" not in skip:
             print("plain MLServer")
-            raw = tarfile.open(fileobj=io.BytesIO(MODEL)).extractfile("xgboost-model").read()
-            booster = xgb.Booster()
-            booster.load_model(bytearray(raw))
+            booster = _booster(tarfile.open(fileobj=io.BytesIO(MODEL)).extractfile("xgboost-model").read())
             try:
                 with systems.plain_mlserver(bytes(booster.save_raw("json")), work) as system:
                     warm(system.name, system.pid, loadgen.post(system.url + "/v2/models/house/infer", V2_BODY, V2_HEADERS), args.concs, args, results, latencies)

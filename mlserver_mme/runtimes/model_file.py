@@ -92,7 +92,7 @@ def _from_legacy(data: bytes, kind: str) -> ModelFile:
         converted = legacy_binary.to_json_bytes(data)
         return ModelFile(kind, legacy_binary.saved_by(data), converted, data, "legacy-binary")
     except legacy_binary.LegacyFormatError as error:
-        raise BrokenModel(f"the file is not an XGBoost model ({kind} format assumed): {error}") from None
+        raise BrokenModel(f"could not load the {kind} model file as XGBoost's legacy binary format: {error}") from None
 
 
 def _refuse_unreadable(data: bytes, saved_by: Optional[Tuple[int, ...]]) -> None:
