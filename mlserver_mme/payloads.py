@@ -376,10 +376,10 @@ def _refuse_repeated_indices(indices: np.ndarray, indptr: np.ndarray) -> None:
     if ascending.all():  # the usual case, in one pass
         return
     rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    keys = rows * MAX_COLUMNS + indices
-    unique, counts = np.unique(keys, return_counts=True)
-    if (counts > 1).any():
-        row, column = divmod(int(unique[np.argmax(counts > 1)]), MAX_COLUMNS)
+    keys = np.sort(rows * MAX_COLUMNS + indices)
+    repeated = keys[1:] == keys[:-1]
+    if repeated.any():
+        row, column = divmod(int(keys[np.argmax(repeated)]), MAX_COLUMNS)
         raise BadPayload(f"libsvm row {row + 1} names feature {column} more than once")
 
 

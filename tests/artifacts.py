@@ -244,5 +244,6 @@ def many_class_model(classes: int) -> bytes:
     model = xgb.train({"objective": "multi:softprob", "num_class": 2, "max_depth": 1}, xgb.DMatrix(features, labels), 1)
     saved = json.loads(bytes(model.save_raw("json")))
     saved["learner"]["learner_model_param"]["num_class"] = str(classes)
+    saved["learner"]["learner_model_param"]["base_score"] = "[" + ",".join(["5E-1"] * classes) + "]"  # one per class
     saved["learner"]["objective"]["softmax_multiclass_param"]["num_class"] = str(classes)
     return json.dumps(saved).encode()

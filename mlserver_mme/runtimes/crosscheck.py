@@ -30,6 +30,7 @@ from .model_file import ModelFile
 
 RTOL = 1e-5  # float32 rounding of sums taken in another order, and of exp/sigmoid in double
 MAX_LEAF_ROWS = 2048
+MAX_PROBE_VALUES = 400_000  # rows x outputs per prediction: a model with 100,000 classes is probed on 4 rows
 # Objectives whose answer is a class or a sign: compared through their margins, where a
 # rounding difference cannot flip the answer.
 DISCRETE_OBJECTIVES = ("multi:softmax", "binary:hinge")
@@ -67,6 +68,9 @@ def check_agreement(source: ModelFile, model: dict, booster, predict: Callable, 
     learner = model["learner"]
     objective = learner["objective"]["name"]
     rows = probe_rows(model, booster.num_features())
+    outputs = max(1, int(learner["learner_model_param"].get("num_class", 0)),
+                  int(learner["learner_model_param"].get("num_target", 1)))
+    rows = rows[: max(1, MAX_PROBE_VALUES // outputs)]
     linear = learner["gradient_booster"]["name"] == "gblinear"
     try:
         reference = None if linear else second_reading(source)
@@ -88,11 +92,12 @@ def check_agreement(source: ModelFile, model: dict, booster, predict: Callable, 
         expected, reader = {"margins": _linear_margin(model, rows)}, "a NumPy evaluation"
     else:
         return "XGBoost only"
-    answers = {"margins": ("margins", _margins(booster, rows))}
+    everything = np.arange(len(rows))
+    answers = {"margins": ("margins", everything, _margins(booster, rows))}
     if objective not in DISCRETE_OBJECTIVES and "dense" in expected:
         answers.update(_answers(predict, rows, max_rows))
-    for shape, (kind, answer) in answers.items():
-        difference = _difference(answer, expected[kind])
+    for shape, (kind, asked, answer) in answers.items():
+        difference = _difference(answer, np.asarray(expected[kind]).reshape(len(rows), -1)[asked])
         if difference:
             raise BrokenModel(
                 f"its predictions differ from a second reading of the file ({reader}) on {shape}: {difference}. "
@@ -109,13 +114,14 @@ def _answers(predict: Callable, rows: np.ndarray, max_rows: int) -> dict:
 
     sparse = scipy.sparse.csr_matrix(np.nan_to_num(rows, nan=0.0))
     sparse.eliminate_zeros()  # absent, as a libsvm row leaves them: missing, like the NaN they stand for
-    return {
-        "single rows": ("dense", stacked(predict(rows[i : i + 1]) for i in range(min(8, len(rows))))),
+    count, twice = len(rows), np.tile(np.arange(len(rows)), 2)
+    return {  # shape: (which expected answers, the rows asked about, the server's answer)
+        "single rows": ("dense", np.arange(min(8, count)), stacked(predict(rows[i : i + 1]) for i in range(min(8, count)))),
         f"batches of {max_rows} rows": (
-            "dense", stacked(predict(rows[i : i + max_rows]) for i in range(0, len(rows), max_rows))
+            "dense", np.arange(count), stacked(predict(rows[i : i + max_rows]) for i in range(0, count, max_rows))
         ),
-        "one large batch": ("dense", predict(np.concatenate([rows] * 2))),
-        "one large sparse batch": ("sparse", predict(scipy.sparse.vstack([sparse, sparse]).tocsr())),
+        "one large batch": ("dense", twice, predict(np.concatenate([rows] * 2))),
+        "one large sparse batch": ("sparse", twice, predict(scipy.sparse.vstack([sparse, sparse]).tocsr())),
     }
 
 
@@ -124,17 +130,19 @@ def _margins(booster, rows: np.ndarray) -> np.ndarray:
 
 
 def _difference(answer: np.ndarray, expected: np.ndarray) -> str:
-    """'' when ``answer`` matches ``expected`` to float32 rounding, else where and by how much.
+    """'' when ``answer`` has ``expected``'s rows and matches them to float32 rounding, else what differs.
 
-    ``answer`` may hold the first rows of ``expected``, or its rows over again.
+    Each value gets a tolerance of its own: ``RTOL`` of itself plus ``RTOL`` of the answers' median size
+    (sums taken in another order round differently near zero); values that are not finite must match.
     """
     answer = np.asarray(answer, dtype=np.float64).reshape(len(answer), -1)
-    expected = np.asarray(expected, dtype=np.float64).reshape(len(expected), -1)
-    if answer.shape[1] != expected.shape[1]:
-        return f"{answer.shape[1]} values per row instead of {expected.shape[1]}"
-    expected = np.resize(expected, answer.shape)  # rows repeated in order
-    scale = np.nanmax(np.abs(expected), initial=0.0) if expected.size else 0.0
+    if answer.shape != expected.shape:
+        return f"{answer.shape[0]} rows of {answer.shape[1]} values instead of {expected.shape[0]} of {expected.shape[1]}"
+    expected = expected.astype(np.float64)
+    finite = np.abs(expected[np.isfinite(expected)])
+    scale = float(np.median(finite)) if finite.size else 0.0
     close = np.isclose(answer, expected, rtol=RTOL, atol=RTOL * scale + 1e-6, equal_nan=True)
+    close &= np.isfinite(answer) == np.isfinite(expected)
     if close.all():
         return ""
     row, column = np.argwhere(~close)[0]
@@ -158,41 +166,37 @@ def probe_rows(model: dict, num_features: int) -> np.ndarray:
 
 def _leaf_rows(trees: List[dict], num_features: int) -> np.ndarray:
     """One row per leaf (up to ``MAX_LEAF_ROWS``), its features set to go down that leaf's path."""
-    paths = []
+    paths = []  # per leaf: [(feature, low, high)] with low <= x < high along its path
     for tree in trees:
         left, right = tree["left_children"], tree["right_children"]
         split, conditions = tree["split_indices"], tree["split_conditions"]
         categorical = tree.get("split_type") or [0] * len(left)
-        pending = [(0, {})]
+        pending = [(0, ())]
         while pending and len(paths) < MAX_LEAF_ROWS:
-            node, bounds = pending.pop()
+            node, path = pending.pop()
             if left[node] == -1:
-                paths.append(bounds)
+                paths.append(path)
                 continue
-            feature = split[node]
             if categorical[node]:  # left free: the threshold probe covers its categories
-                pending += [(left[node], bounds), (right[node], bounds)]
+                pending += [(left[node], path), (right[node], path)]
                 continue
-            low, high = bounds.get(feature, (-np.inf, np.inf))
-            threshold = np.float32(conditions[node])
             # x < threshold goes left, else right (NaN: the default side, covered by the threshold probe)
-            pending.append((left[node], {**bounds, feature: (low, min(high, threshold))}))
-            pending.append((right[node], {**bounds, feature: (max(low, threshold), high)}))
-    rows = np.full((len(paths), num_features), np.nan, dtype=np.float32)
-    for number, bounds in enumerate(paths):
-        for feature, (low, high) in bounds.items():
-            if feature < num_features:
-                rows[number, feature] = _inside(low, high)
+            threshold = conditions[node]
+            pending.append((left[node], path + ((split[node], -np.inf, threshold),)))
+            pending.append((right[node], path + ((split[node], threshold, np.inf),)))
+    low = np.full((len(paths), num_features), -np.inf, dtype=np.float32)
+    high = np.full((len(paths), num_features), np.inf, dtype=np.float32)
+    for number, path in enumerate(paths):
+        for feature, below, above in path:
+            if 0 <= feature < num_features:
+                low[number, feature] = max(low[number, feature], below)
+                high[number, feature] = min(high[number, feature], above)
+    # a float32 in [low, high): low itself, or just below high when there is no low; NaN for a leaf no row reaches
+    with np.errstate(invalid="ignore"):
+        rows = np.where(np.isinf(low), np.nextafter(high, np.float32(-np.inf)), low)
+    rows[np.isinf(low) & np.isinf(high)] = 0.0
+    rows[low >= high] = np.nan
     return rows
-
-
-def _inside(low: float, high: float) -> np.float32:
-    """A float32 in [low, high), or NaN when there is none (a leaf no row reaches)."""
-    if np.isinf(low) and np.isinf(high):
-        return np.float32(0.0)
-    if np.isinf(low):
-        return np.nextafter(np.float32(high), np.float32(-np.inf))
-    return np.float32(low) if low < high else np.float32(np.nan)
 
 
 def _linear_margin(model: dict, rows: np.ndarray) -> np.ndarray:

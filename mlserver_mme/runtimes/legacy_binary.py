@@ -8,9 +8,10 @@ NumPy record types and written out field for field as the JSON model that
 XGBoost 1.7's own ``load_model`` + ``save_model("*.json")`` gives for the same
 file, which any later XGBoost loads. The tests hold the two side by side.
 
-Every count is checked against the bytes left before anything is allocated:
-a hostile file can only be refused (``LegacyFormatError``), never make this
-reader allocate more than the file's size allows.
+Every count is checked against the bytes left before anything is allocated, so
+a hostile file is refused (``LegacyFormatError``) rather than read past its end;
+what is built is bounded by the file's size (about 10-15 times it, as Python
+lists and JSON text).
 """
 
 import json
@@ -19,6 +20,7 @@ import struct
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
+import orjson
 
 # LearnerModelParamLegacy: base_score, num_feature, num_class, contain_extra_attrs,
 # contain_eval_metrics, major_version, minor_version, num_target, boost_from_average, reserved[25]
@@ -69,8 +71,8 @@ def saved_by(data: bytes) -> str:
     return f"{learner[5]}.{learner[6]}" if learner[5] else "before 1.0"
 
 
-def to_json_model(data: bytes) -> Dict[str, Any]:
-    """The JSON model (as a dict) of a legacy binary model file's bytes."""
+def to_json_model(data: bytes, as_arrays: bool = False) -> Dict[str, Any]:
+    """The JSON model (as a dict) of a legacy binary model file's bytes; NumPy arrays for lists if ``as_arrays``."""
     reader = _Reader(data)
     base_score, num_feature, num_class, extra_attrs, eval_metrics, major, minor, num_target, from_average = (
         reader.learner()
@@ -78,9 +80,9 @@ def to_json_model(data: bytes) -> Dict[str, Any]:
     objective_name = reader.string()
     booster_name = reader.string()
     if booster_name in ("gbtree", "dart"):
-        booster = _read_gbtree(reader, booster_name, num_feature)
+        booster = _read_gbtree(reader, booster_name, as_arrays)
     elif booster_name == "gblinear":
-        booster = _read_gblinear(reader)
+        booster = _read_gblinear(reader, as_arrays)
     else:
         raise LegacyFormatError(f"unknown booster {booster_name[:40]!r}")
     attributes = dict(reader.pairs()) if extra_attrs else {}
@@ -89,7 +91,12 @@ def to_json_model(data: bytes) -> Dict[str, Any]:
     objective = _objective(objective_name, attributes.pop("objective", None), num_class, major)
     attributes.pop("metrics", None)
     if major < 1 and not objective_name.startswith("multi:"):
-        base_score = _PRE_1_0_TRANSFORMS.get(objective_name, lambda x: x)(base_score)
+        try:
+            base_score = _PRE_1_0_TRANSFORMS.get(objective_name, lambda x: x)(base_score)
+        except OverflowError:
+            raise LegacyFormatError(f"its base score {base_score} is out of range for {objective_name}") from None
+    if not math.isfinite(base_score):
+        raise LegacyFormatError(f"its base score is {base_score}")
     return {
         "learner": {
             "attributes": attributes,
@@ -110,14 +117,15 @@ def to_json_model(data: bytes) -> Dict[str, Any]:
 
 
 def to_json_bytes(data: bytes) -> bytes:
-    return json.dumps(to_json_model(data), separators=(",", ":")).encode()
+    # orjson writes NumPy arrays in C, each float32 as the shortest text that reads back as it
+    return orjson.dumps(to_json_model(data, as_arrays=True), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _objective(name: str, saved: Any, num_class: int, major: int) -> dict:
     if saved is not None:
         try:
             objective = json.loads(saved)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise LegacyFormatError("its objective configuration is not JSON") from None
         if not isinstance(objective, dict) or objective.get("name") != name:
             raise LegacyFormatError("its objective configuration names another objective")
@@ -133,11 +141,11 @@ def _objective(name: str, saved: Any, num_class: int, major: int) -> dict:
     return objective
 
 
-def _read_gbtree(reader: "_Reader", name: str, num_feature: int) -> dict:
+def _read_gbtree(reader: "_Reader", name: str, as_arrays: bool) -> dict:
     num_trees, num_parallel_tree, _, _, _, _, size_leaf_vector = reader.unpack(_GBTREE)
     if num_trees < 0:
         raise LegacyFormatError(f"it claims {num_trees} trees")
-    trees = [_read_tree(reader, number) for number in range(num_trees)]
+    trees = [_read_tree(reader, number, as_arrays) for number in range(num_trees)]
     tree_info = reader.array(np.dtype("<i4"), num_trees).tolist()
     model = {
         "gbtree_model_param": {
@@ -157,29 +165,30 @@ def _read_gbtree(reader: "_Reader", name: str, num_feature: int) -> dict:
     return {"name": "dart", "gbtree": gbtree, "weight_drop": weights}
 
 
-def _read_tree(reader: "_Reader", number: int) -> dict:
+def _read_tree(reader: "_Reader", number: int, as_arrays: bool) -> dict:
     _, num_nodes, num_deleted, _, num_feature, size_leaf_vector = reader.unpack(_TREE)
     if num_nodes < 1:
         raise LegacyFormatError(f"tree {number} claims {num_nodes} nodes")
     nodes = reader.array(_NODE, num_nodes)
     stats = reader.array(_STAT, num_nodes)
     parents = nodes["parent"].view("<u4") & 0x7FFFFFFF  # the top bit says "is a left child"
+    listed = (lambda array: np.ascontiguousarray(array)) if as_arrays else (lambda array: array.tolist())
     return {
-        "base_weights": stats["base_weight"].tolist(),
+        "base_weights": listed(stats["base_weight"]),
         "categories": [],
         "categories_nodes": [],
         "categories_segments": [],
         "categories_sizes": [],
-        "default_left": (nodes["sindex"] >> 31).astype(int).tolist(),
+        "default_left": listed((nodes["sindex"] >> 31).astype(int)),
         "id": number,
-        "left_children": nodes["left"].tolist(),
-        "loss_changes": stats["loss_chg"].tolist(),
-        "parents": parents.astype(np.int64).tolist(),
-        "right_children": nodes["right"].tolist(),
-        "split_conditions": nodes["info"].tolist(),
-        "split_indices": (nodes["sindex"] & 0x7FFFFFFF).astype(np.int64).tolist(),
+        "left_children": listed(nodes["left"]),
+        "loss_changes": listed(stats["loss_chg"]),
+        "parents": listed(parents.astype(np.int64)),
+        "right_children": listed(nodes["right"]),
+        "split_conditions": listed(nodes["info"]),
+        "split_indices": listed((nodes["sindex"] & 0x7FFFFFFF).astype(np.int64)),
         "split_type": [0] * num_nodes,
-        "sum_hessian": stats["sum_hess"].tolist(),
+        "sum_hessian": listed(stats["sum_hess"]),
         "tree_param": {
             "num_deleted": str(num_deleted),
             "num_feature": str(num_feature),
@@ -189,10 +198,10 @@ def _read_tree(reader: "_Reader", number: int) -> dict:
     }
 
 
-def _read_gblinear(reader: "_Reader") -> dict:
+def _read_gblinear(reader: "_Reader", as_arrays: bool) -> dict:
     reader.unpack(_GBLINEAR)
     weights = reader.array(np.dtype("<f4"), reader.count(4))
-    return {"model": {"weights": weights.tolist()}, "name": "gblinear"}
+    return {"model": {"weights": np.ascontiguousarray(weights) if as_arrays else weights.tolist()}, "name": "gblinear"}
 
 
 def _float_text(value: float) -> str:

@@ -97,14 +97,17 @@ def _from_legacy(data: bytes, kind: str) -> ModelFile:
 
 def _refuse_unreadable(data: bytes, saved_by: Optional[Tuple[int, ...]]) -> None:
     """Refuse by name what the runtime would read differently from its writer, or crash on."""
-    if saved_by is not None and saved_by[:2] < VECTOR_LEAF_LAYOUT_SINCE and _VECTOR_LEAVES.search(data):
+    if saved_by is None:  # XGBoost has written one since 1.0: without it, nothing says how to read the rest
+        raise BrokenModel("the model file records no XGBoost version (its top-level \"version\"), so the "
+                          "server cannot tell how to read it; save it again with XGBoost's save_model")
+    if saved_by[:2] < VECTOR_LEAF_LAYOUT_SINCE and _VECTOR_LEAVES.search(data):
         raise BrokenModel(
             f"the model has multi-output trees (multi_strategy=\"multi_output_tree\") saved by XGBoost "
             f"{_text(saved_by)}; XGBoost {xgb.__version__}, which this server runs, stores them in another "
             f"layout and cannot read these. Train or save it with XGBoost "
             f"{'.'.join(map(str, VECTOR_LEAF_LAYOUT_SINCE))} or later, or use one_output_per_tree"
         )
-    if saved_by is not None and saved_by[:2] > RUNTIME_VERSION[:2]:
+    if saved_by[:2] > RUNTIME_VERSION[:2]:
         raise BrokenModel(
             f"the model was saved by XGBoost {_text(saved_by)}, newer than the XGBoost {xgb.__version__} this "
             f"server runs, which may read it differently; save it with XGBoost {RUNTIME_VERSION[0]}."
