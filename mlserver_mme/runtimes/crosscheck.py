@@ -15,7 +15,6 @@ through its margins with a NumPy evaluation of the JSON model instead.
 """
 
 import ctypes
-import json
 from typing import Callable, List, Optional
 
 import numpy as np
