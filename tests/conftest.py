@@ -37,11 +37,12 @@ def s3(artifacts):
     server.stop()
 
 
-def s3_env(s3) -> dict:
+def s3_env(s3, prefix: str = PREFIX) -> dict:
+    """A server's environment for models under ``prefix`` of moto's bucket."""
     return {
         **CREDENTIALS,
         "AWS_ENDPOINT_URL_S3": s3.url,
-        "MLSERVER_MME_MODEL_PREFIX": f"s3://{BUCKET}/{PREFIX}",
+        "MLSERVER_MME_MODEL_PREFIX": f"s3://{BUCKET}/{prefix}",
     }
 
 

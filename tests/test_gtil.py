@@ -13,7 +13,7 @@ from artifacts import EXPECTED, ROWS, booster, example_targets
 from treelite.gtil.gtil import GTILConfig
 
 from mlserver_mme.runtimes import gtil
-from mlserver_mme.runtimes.xgboost import _trees
+from mlserver_mme.runtimes.model_file import trees as _trees
 
 
 def trees_of(model) -> list:

@@ -21,7 +21,7 @@ import orjson
 import pytest
 import tritonclient.http as httpclient
 from artifacts import EXPECTED, ROWS
-from conftest import BUCKET, CREDENTIALS
+from conftest import BUCKET, s3_env
 from mlserver.grpc import dataplane_pb2, dataplane_pb2_grpc, model_repository_pb2, model_repository_pb2_grpc
 from mlserver_process import MLServerProcess
 from tritonclient.utils import np_to_triton_dtype
@@ -398,12 +398,7 @@ def triton_server(s3, artifacts, tmp_path_factory):
     for target in (HOUSTON, BOSTON):
         s3.client.put_object(Bucket=BUCKET, Key=TRITON_PREFIX + target, Body=artifacts[target])
     work = tmp_path_factory.mktemp("triton")
-    env = {
-        **CREDENTIALS,
-        "AWS_ENDPOINT_URL_S3": s3.url,
-        "MLSERVER_MME_MODEL_PREFIX": f"s3://{BUCKET}/{TRITON_PREFIX}",
-        "MLSERVER_MME_CACHE_DIR": str(work / "cache"),
-    }
+    env = {**s3_env(s3, TRITON_PREFIX), "MLSERVER_MME_CACHE_DIR": str(work / "cache")}
     process = MLServerProcess(env, str(work / "mlserver.log")).start()
     yield process
     process.stop()

@@ -47,7 +47,7 @@ BODIES = {
 
 @pytest.fixture(scope="module")
 def matrix_server(s3, tmp_path_factory):
-    from conftest import BUCKET, CREDENTIALS
+    from conftest import BUCKET, s3_env
     from mlserver_process import MLServerProcess
 
     key = "matrix-e2e/"
@@ -61,13 +61,8 @@ def matrix_server(s3, tmp_path_factory):
         s3.client.put_object(Bucket=BUCKET, Key=f"{key}{name}.tar.gz",
                              Body=tar_bytes({"xgboost-model": json.dumps(model).encode()}))
     folder = tmp_path_factory.mktemp("matrix-server")
-    env = {
-        **CREDENTIALS,
-        "AWS_ENDPOINT_URL_S3": s3.url,
-        "MLSERVER_MME_MODEL_PREFIX": f"s3://{BUCKET}/{key}",
-        "MLSERVER_MME_CACHE_DIR": str(folder / "cache"),
-    }
-    server = MLServerProcess(env, str(folder / "log")).start()
+    server = MLServerProcess({**s3_env(s3, key), "MLSERVER_MME_CACHE_DIR": str(folder / "cache")}, str(folder / "log"))
+    server.start()
     yield server
     server.stop()
 

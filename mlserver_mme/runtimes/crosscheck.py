@@ -25,6 +25,8 @@ import treelite.gtil
 import xgboost
 
 from ..errors import BrokenModel, describe
+from . import model_file
+from .gtil import _probe
 from .model_file import ModelFile
 
 RTOL = 1e-5  # float32 rounding of sums taken in another order, and of exp/sigmoid in double
@@ -67,9 +69,7 @@ def check_agreement(source: ModelFile, model: dict, booster, predict: Callable, 
     learner = model["learner"]
     objective = learner["objective"]["name"]
     rows = probe_rows(model, booster.num_features())
-    outputs = max(1, int(learner["learner_model_param"].get("num_class", 0)),
-                  int(learner["learner_model_param"].get("num_target", 1)))
-    rows = rows[: max(1, MAX_PROBE_VALUES // outputs)]
+    rows = rows[: max(1, MAX_PROBE_VALUES // model_file.outputs(learner["learner_model_param"]))]
     linear = learner["gradient_booster"]["name"] == "gblinear"
     try:
         reference = None if linear else second_reading(source)
@@ -101,7 +101,7 @@ def check_agreement(source: ModelFile, model: dict, booster, predict: Callable, 
             raise BrokenModel(
                 f"its predictions differ from a second reading of the file ({reader}) on {shape}: {difference}. "
                 f"The model was saved by XGBoost {source.saved_by}; this server runs XGBoost "
-                f"{_xgboost_version()} and will not serve answers it cannot vouch for"
+                f"{xgboost.__version__} and will not serve answers it cannot vouch for"
             )
     return reader
 
@@ -153,9 +153,7 @@ def _difference(answer: np.ndarray, expected: np.ndarray) -> str:
 
 def probe_rows(model: dict, num_features: int) -> np.ndarray:
     """Rows on and beside every split threshold, missing values, and one row down to each leaf."""
-    from .gtil import _probe
-
-    trees = _trees(model)
+    trees = model_file.trees(model)
     rows = [_probe(trees, num_features)]
     leaf_rows = _leaf_rows(trees, num_features)
     if len(leaf_rows):
@@ -200,8 +198,7 @@ def _leaf_rows(trees: List[dict], num_features: int) -> np.ndarray:
 
 def _linear_margin(model: dict, rows: np.ndarray) -> np.ndarray:
     """gblinear's margins: the rows (missing as 0) times the weights, plus the bias and base margin."""
-    parameters = model["learner"]["learner_model_param"]
-    groups = max(1, int(parameters.get("num_class", 0)), int(parameters.get("num_target", 1)))
+    groups = model_file.outputs(model["learner"]["learner_model_param"])
     weights = np.asarray(model["learner"]["gradient_booster"]["model"]["weights"], dtype=np.float64)
     weights = weights.reshape(-1, groups)
     base = _base_margin(model)
@@ -211,22 +208,10 @@ def _linear_margin(model: dict, rows: np.ndarray) -> np.ndarray:
 def _base_margin(model: dict) -> np.ndarray:
     """The base score as a margin, as XGBoost turns the stored probability into one."""
     learner = model["learner"]
-    text = str(learner["learner_model_param"]["base_score"]).strip("[]")
-    score = np.asarray([float(part) for part in text.split(",")], dtype=np.float64)
+    score = np.asarray(model_file.base_scores(learner["learner_model_param"]), dtype=np.float64)
     objective = learner["objective"]["name"]
     if objective in ("binary:logistic", "reg:logistic"):
         return np.log(score / (1 - score))
     if objective in ("count:poisson", "reg:gamma", "reg:tweedie", "survival:aft", "survival:cox"):
         return np.log(score)
     return score
-
-
-def _trees(model: dict) -> list:
-    booster = model["learner"]["gradient_booster"]
-    if booster["name"] == "dart":
-        booster = booster["gbtree"]
-    return booster.get("model", {}).get("trees", []) if booster["name"] == "gbtree" else []
-
-
-def _xgboost_version() -> str:
-    return xgboost.__version__

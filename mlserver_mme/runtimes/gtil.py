@@ -28,6 +28,8 @@ import treelite.core
 import treelite.gtil
 from treelite.gtil.gtil import GTILConfig
 
+from . import model_file
+
 # treelite.gtil.predict_per_tree builds and parses a JSON configuration and asks the model its types on
 # every call; a dense float32 matrix goes straight to Treelite's C function instead, with all of that
 # done once. Treelite's library handle is private to Treelite 4 (pinned <5): without it, the public call.
@@ -58,7 +60,7 @@ def exact_gtil(booster, trees: list, nthread: int) -> Optional[Predictor]:
         model = treelite.frontend.from_xgboost(booster)
     except treelite.TreeliteError:
         return None  # a model Treelite does not read
-    base_score = np.float32(float(str(parameters["base_score"]).strip("[]")))  # 3.1+ write "[0.5E0]"
+    base_score = np.float32(model_file.base_scores(parameters)[0])  # single-output models only
     config = GTILConfig(predict_type="score_per_tree", nthread=nthread)  # parsed once, not per call
     dense = _dense_per_tree(model, config)
 

@@ -62,6 +62,29 @@ class ModelFile:
             raise BrokenModel(f"XGBoost could not load the {self.kind} model file: {describe(error)}") from None
 
 
+def tree_model(model: dict) -> dict:
+    """The ``model`` of a JSON model's tree booster (``{}`` for gblinear)."""
+    booster = model["learner"]["gradient_booster"]
+    if booster["name"] == "dart":
+        booster = booster["gbtree"]
+    return booster["model"] if booster["name"] == "gbtree" else {}
+
+
+def trees(model: dict) -> list:
+    """The trees of a JSON model (none for gblinear)."""
+    return tree_model(model).get("trees", [])
+
+
+def outputs(learner_model_param: dict) -> int:
+    """Values predicted per row: classes of a multi-class model, targets of a multi-target one."""
+    return max(1, int(learner_model_param.get("num_class", 0)), int(learner_model_param.get("num_target", 1)))
+
+
+def base_scores(learner_model_param: dict) -> list:
+    """The base score(s): a number before XGBoost 3.1, a vector ("[7.9521604E0]") since."""
+    return [float(part) for part in str(learner_model_param["base_score"]).strip("[]").split(",")]
+
+
 def kind_of(data: bytes) -> str:
     if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"

@@ -86,16 +86,12 @@ def _gtil_for(booster: xgb.Booster, path: str, nthread: int, model: Optional[dic
     if os.path.getsize(path) > MAX_GTIL_MODEL_BYTES:
         return None
     model = model or json.loads(bytes(booster.save_raw("json")))
-    return exact_gtil(booster, _trees(model), nthread)
+    return exact_gtil(booster, model_file.trees(model), nthread)
 
 
 def outputs_per_row(booster: xgb.Booster) -> int:
     """Values predicted per row: classes of a multi-class model, targets of a multi-target one."""
-    return _outputs(json.loads(booster.save_config())["learner"]["learner_model_param"])
-
-
-def _outputs(learner_model_param: dict) -> int:
-    return max(1, int(learner_model_param.get("num_class", 0)), int(learner_model_param.get("num_target", 1)))
+    return model_file.outputs(json.loads(booster.save_config())["learner"]["learner_model_param"])
 
 
 def check_model_file(path: str, allow_pickle: bool) -> dict:
@@ -129,29 +125,17 @@ def check_model_file(path: str, allow_pickle: bool) -> dict:
 def _check_structure(model: dict) -> None:
     learner = model["learner"]
     num_feature = int(learner["learner_model_param"]["num_feature"])
-    outputs = _outputs(learner["learner_model_param"])
-    trees = _trees(model)
+    outputs = model_file.outputs(learner["learner_model_param"])
+    trees = model_file.trees(model)
     if not trees:
         return  # gblinear: a weight vector, no trees to walk
-    tree_info = _tree_model(model)["tree_info"]
+    tree_info = model_file.tree_model(model)["tree_info"]
     if len(tree_info) != len(trees) or any(not 0 <= group < outputs for group in tree_info):
         raise BrokenModel("the model's tree groups do not match its outputs")
     for number, tree in enumerate(trees):
         problem = _tree_problem(tree, num_feature, outputs)
         if problem:
             raise BrokenModel(f"tree {number} of the model is malformed: {problem}")
-
-
-def _tree_model(model: dict) -> dict:
-    """The ``model`` of a JSON model's tree booster (``{}`` for gblinear)."""
-    booster = model["learner"]["gradient_booster"]
-    if booster["name"] == "dart":
-        booster = booster["gbtree"]
-    return booster["model"] if booster["name"] == "gbtree" else {}
-
-
-def _trees(model: dict) -> list:
-    return _tree_model(model).get("trees", [])
 
 
 def _tree_problem(tree: dict, num_feature: int, outputs: int) -> str:
