@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Dict, Optional, Tuple
 
 from .archive import UnsafeArchive, unpack
@@ -47,6 +47,7 @@ class LocalArtifact:
     folder: str  # the unpacked content
     etag: str
     unpacked_bytes: int
+    checked: dict = field(default_factory=dict, compare=False)  # what the check found, as recorded in meta.json
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,9 @@ class _Download:
     unpack_seconds: float
 
 
-async def _accept(target: str, folder: str) -> None:
+async def _accept(target: str, folder: str) -> dict:
     """The default check: every artifact that unpacks is published."""
+    return {}
 
 
 class ArtifactCache:
@@ -70,10 +72,11 @@ class ArtifactCache:
         cache_dir: str,
         max_unpacked_bytes: int,
         disk_limit: Optional[int],
-        check: Callable[[str, str], Awaitable[None]] = _accept,
+        check: Callable[[str, str], Awaitable[dict]] = _accept,
     ):
         self.store = store
-        self.check = check  # async (target, unpacked folder): raises BrokenModel to refuse the artifact
+        # async (target, unpacked folder) -> what it found, kept with the artifact; raises BrokenModel to refuse it
+        self.check = check
         self.prefix = prefix
         self.max_unpacked_bytes = max_unpacked_bytes
         self.disk_limit = disk_limit
@@ -153,8 +156,8 @@ class ArtifactCache:
         if isinstance(fetched, LocalArtifact):
             return fetched
         try:
-            await self.check(target, fetched.content)  # waits for a check slot without holding a thread
-            return await in_io(self._publish_download, target, fetched)
+            checked = await self.check(target, fetched.content)  # waits for a check slot without holding a thread
+            return await in_io(self._publish_download, target, fetched, checked)
         finally:
             await in_io(shutil.rmtree, fetched.work, True)  # gone already when published
 
@@ -193,13 +196,13 @@ class ArtifactCache:
             raise
         return _Download(work, content, info, downloaded - started, time.perf_counter() - downloaded)
 
-    def _publish_download(self, target: str, download: "_Download") -> LocalArtifact:
+    def _publish_download(self, target: str, download: "_Download", checked: dict) -> LocalArtifact:
         files = _file_digests(download.content)
         unpacked = sum(size for size, _ in files.values())
         info = download.info
         with open(os.path.join(download.work, "meta.json"), "w") as meta:
             json.dump({"target": target, "prefix": self.prefix, "etag": info.etag, "size": info.size,
-                       "unpacked": unpacked, "files": files}, meta)
+                       "unpacked": unpacked, "files": files, "checked": checked}, meta)
         final = os.path.join(self.models_dir, self._key(target))
         self._publish(download.work, final)
         metrics().downloading.observe(download.download_seconds)
@@ -209,7 +212,7 @@ class ArtifactCache:
             "event=download model=%s bytes=%d unpacked_bytes=%d download_ms=%.1f unpack_ms=%.1f",
             target, info.size, unpacked, download.download_seconds * 1e3, download.unpack_seconds * 1e3,
         )
-        return LocalArtifact(target, os.path.join(final, "content"), info.etag, unpacked)
+        return LocalArtifact(target, os.path.join(final, "content"), info.etag, unpacked, checked)
 
     def _publish(self, work: str, final: str) -> None:
         if os.path.exists(final):
@@ -228,7 +231,9 @@ class ArtifactCache:
                 meta = json.load(file)
             if meta.get("prefix") != self.prefix:
                 return None
-            return LocalArtifact(meta["target"], os.path.join(final, "content"), meta["etag"], meta["unpacked"])
+            checked = meta.get("checked")
+            return LocalArtifact(meta["target"], os.path.join(final, "content"), meta["etag"], meta["unpacked"],
+                                 checked if isinstance(checked, dict) else {})
         except (OSError, ValueError, KeyError):
             return None
 

@@ -102,24 +102,27 @@ class MMERepository(SchemalessModelRepository):
     async def settings_for(self, target: str) -> ModelSettings:
         """Fetch ``target`` (once) and describe how MLServer loads it."""
         artifact = await self.cache.fetch(target)
-        return self.settings_for_folder(target, artifact.folder, v2_name(target), etag=artifact.etag)
+        return self.settings_for_folder(
+            target, artifact.folder, v2_name(target), etag=artifact.etag, checked=artifact.checked
+        )
 
-    async def check_folder(self, target: str, folder: str) -> None:
+    async def check_folder(self, target: str, folder: str) -> dict:
         """Refuse an unpacked artifact that may not or cannot be served (BrokenModel).
 
         Runs before an artifact is published to the cache, and before a hosted model is loaded.
         The declared runtime must be allowed; an XGBoost model must load and predict in an
         isolated child (``isolation``), since a malformed file can crash the process parsing it.
         Checks wait for a slot (one per CPU) before they take a thread, so checks queued behind
-        slow ones hold no thread that downloads and loads need.
+        slow ones hold no thread that downloads and loads need. Returns what the check found,
+        which the load then need not find again (``settings_for_folder``).
         """
         async with self._check_slots:
-            await in_io(self._check_folder, target, folder)
+            return await in_io(self._check_folder, target, folder)
 
-    def _check_folder(self, target: str, folder: str) -> None:
+    def _check_folder(self, target: str, folder: str) -> dict:
         declared = self._declared(target, folder)
         if declared is not None and declared["implementation"] != XGBOOST_RUNTIME:
-            return  # an allowed runtime reads its own files
+            return {}  # an allowed runtime reads its own files
         path = find_model_file(folder)
         started = time.perf_counter()
         try:
@@ -132,11 +135,18 @@ class MMERepository(SchemalessModelRepository):
             "event=check model=%s check_ms=%.1f format=%s saved_by=%s compared_with=%s",
             target, elapsed * 1e3, found["format"], found["saved_by"], found["compared_with"].replace(" ", "_"),
         )
+        return found
 
-    def settings_for_folder(self, target: str, folder: str, name: str, etag: str = "") -> ModelSettings:
-        """Describe the unpacked model in ``folder`` under the MLServer ``name``."""
+    def settings_for_folder(
+        self, target: str, folder: str, name: str, etag: str = "", checked: Optional[dict] = None
+    ) -> ModelSettings:
+        """Describe the unpacked model in ``folder`` under the MLServer ``name``.
+
+        ``checked`` is what the folder's check found (``check_folder``), if at hand.
+        """
         declared = self._declared(target, folder)
         template = self._xgboost_template if declared is None else _validated(declared, target)
+        proven = {"gtil_exact": checked["gtil"]} if isinstance((checked or {}).get("gtil"), bool) else {}
         return _described(
             template,
             target,
@@ -145,6 +155,7 @@ class MMERepository(SchemalessModelRepository):
             etag=etag,
             allow_pickle=self.settings.allow_pickle,
             nthread=self.settings.xgboost_nthread,
+            **proven,
         )
 
     def _declared(self, target: str, folder: str) -> Optional[dict]:

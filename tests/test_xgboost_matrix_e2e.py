@@ -63,6 +63,7 @@ def matrix_server(s3, tmp_path_factory):
     folder = tmp_path_factory.mktemp("matrix-server")
     server = MLServerProcess({**s3_env(s3, key), "MLSERVER_MME_CACHE_DIR": str(folder / "cache")}, str(folder / "log"))
     server.start()
+    server.cache_dir = folder / "cache"
     yield server
     server.stop()
 
@@ -107,3 +108,17 @@ def test_a_model_two_readers_read_differently_is_a_model_error_naming_its_versio
 def test_a_model_from_a_newer_xgboost_is_a_model_error_naming_both_versions(matrix_server):
     message = model_error(invoke(matrix_server, "newer.tar.gz"), 500, "saved by XGBoost 3.3.0")
     assert "newer than the XGBoost 3.2" in message
+
+
+def test_what_the_check_found_is_kept_with_the_cached_artifact_for_every_later_load(matrix_server):
+    served = {"3.2.0/reg_squarederror.json": True, "2.1.4/binary_logistic.ubj": False}
+    for file in served:
+        assert invoke(matrix_server, _target(_entry(file)), BODIES["text/csv"]).status_code == 200
+    found = {}
+    for meta in matrix_server.cache_dir.glob("models/*/meta.json"):
+        recorded = json.loads(meta.read_text())
+        found[recorded["target"]] = recorded["checked"]
+    for file, gtil in served.items():
+        checked = found[_target(_entry(file))]
+        assert checked["gtil"] is gtil  # GTIL serves only reg:squarederror
+        assert checked["saved_by"] == file.split("/")[0] and checked["compared_with"] == "Treelite"

@@ -30,3 +30,36 @@ def test_a_predictor_taken_before_an_unload_or_a_swap_still_predicts():
     assert predict(rows).tolist() == loaded.inplace_predict(rows).tolist()
     with pytest.raises(ModelStillLoading):
         model.predictor()(rows)
+
+
+def _loaded(tmp_path, monkeypatch, **extra) -> XGBoostModel:
+    from artifacts import legacy_model_bytes
+    from mlserver.settings import ModelParameters
+
+    from mlserver_mme.runtimes import xgboost as runtime
+
+    (tmp_path / "xgboost-model").write_bytes(legacy_model_bytes())
+    probes = []
+    def probed(booster, trees, nthread):
+        probes.append(trees)
+        return runtime.gtil_predictor(booster, nthread)
+
+    monkeypatch.setattr(runtime, "exact_gtil", probed)
+    model = XGBoostModel(ModelSettings(name="m", implementation=XGBoostModel,
+                                       parameters=ModelParameters(uri=str(tmp_path), extra=extra)))
+    asyncio.run(model.load())
+    model.probes = len(probes)
+    return model
+
+
+def test_a_load_takes_the_checks_verdict_on_gtil_instead_of_probing_again(tmp_path, monkeypatch):
+    from artifacts import EXPECTED, ROWS
+
+    rows = np.asarray(ROWS, dtype=np.float32)
+    proven = _loaded(tmp_path, monkeypatch, gtil_exact=True)
+    assert proven.probes == 0 and proven._gtil is not None
+    assert proven.predict_features(rows).tolist() == EXPECTED["predictions"]["Houston_TX.tar.gz"]
+    refused = _loaded(tmp_path, monkeypatch, gtil_exact=False)
+    assert refused.probes == 0 and refused._gtil is None
+    unknown = _loaded(tmp_path, monkeypatch)  # no check result at hand (an older cache): probed here
+    assert unknown.probes == 1 and unknown._gtil is not None

@@ -31,8 +31,8 @@ class HostedModels:
             raise ModelTooLarge(f"No room for model '{model_name}': {limit} models are loaded.")
 
         async def prepare(entry: Entry):
-            await lifecycle.repository.check_folder(model_name, folder)
-            return lifecycle.repository.settings_for_folder(model_name, folder, name)
+            checked = await lifecycle.repository.check_folder(model_name, folder)
+            return lifecycle.repository.settings_for_folder(model_name, folder, name, checked=checked)
 
         # No await between the checks above and the entry taking its place: concurrent loads
         # of one name, or past the limit, cannot both pass.

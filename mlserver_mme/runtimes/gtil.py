@@ -47,6 +47,23 @@ def exact_gtil(booster, trees: list, nthread: int) -> Optional[Predictor]:
 
     ``trees`` are the ``trees`` of the booster's JSON model (for the probe's thresholds).
     """
+    predict = gtil_predictor(booster, nthread)
+    if predict is None:
+        return None
+    probe = _probe(trees, booster.num_features())
+    for rows in (probe, scipy.sparse.csr_matrix(np.nan_to_num(probe, nan=0.0))):
+        expected = booster.inplace_predict(rows, validate_features=False)
+        if not np.array_equal(predict(rows), expected, equal_nan=True):
+            return None
+    return predict
+
+
+def gtil_predictor(booster, nthread: int) -> Optional[Predictor]:
+    """GTIL's per-tree scores summed as XGBoost sums them, for a model whose objective allows it, else None.
+
+    Unproven: ``exact_gtil`` probes it against XGBoost. A load may take it as it is when the
+    artifact's check (which ran ``exact_gtil`` on the same file) found it exact.
+    """
     learner = json.loads(booster.save_config())["learner"]
     parameters = learner["learner_model_param"]
     if (
@@ -75,11 +92,6 @@ def exact_gtil(booster, trees: list, nthread: int) -> Optional[Predictor]:
         scores[:, 0] += base_score
         return np.add.accumulate(scores, axis=1, dtype=np.float32)[:, -1]
 
-    probe = _probe(trees, booster.num_features())
-    for rows in (probe, scipy.sparse.csr_matrix(np.nan_to_num(probe, nan=0.0))):
-        expected = booster.inplace_predict(rows, validate_features=False)
-        if not np.array_equal(predict(rows), expected, equal_nan=True):
-            return None
     return predict
 
 

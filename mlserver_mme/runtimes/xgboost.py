@@ -24,7 +24,7 @@ from ..errors import BadPayload, BrokenModel, ModelStillLoading, describe
 from ..payloads import MAX_ROWS, Features
 from ..threads import in_loads
 from . import crosscheck, model_file
-from .gtil import Predictor, exact_gtil
+from .gtil import Predictor, exact_gtil, gtil_predictor
 
 PREFERRED_FILES = ("xgboost-model", "model.json", "model.ubj", "model.bst")
 MAX_PREDICTIONS = MAX_ROWS  # values in one answer: a million rows of one prediction each
@@ -76,15 +76,20 @@ def batch_predictor(booster: xgb.Booster) -> Callable[[Features], np.ndarray]:
     return lambda features: booster.predict(xgb.DMatrix(features, missing=np.nan), validate_features=False)
 
 
-def _gtil_for(booster: xgb.Booster, path: str, nthread: int, model: Optional[dict] = None) -> Optional[Predictor]:
+def _gtil_for(
+    booster: xgb.Booster, path: str, nthread: int, model: Optional[dict] = None, proven: Optional[bool] = None
+) -> Optional[Predictor]:
     """GTIL when it predicts exactly as ``booster`` (see ``gtil.py``), else None.
 
-    ``model`` is the booster's JSON model if already at hand. Models over
+    ``model`` is the booster's JSON model if already at hand; ``proven`` is what the artifact's
+    check found (True: exact, False: not), None when unknown (then the probe runs here). Models over
     ``MAX_GTIL_MODEL_BYTES`` keep ``inplace_predict``: a cheaper call gains them
     little, and the probe costs more. (Multi-output models never take GTIL.)
     """
-    if os.path.getsize(path) > MAX_GTIL_MODEL_BYTES:
+    if proven is False or os.path.getsize(path) > MAX_GTIL_MODEL_BYTES:
         return None
+    if proven:
+        return gtil_predictor(booster, nthread)  # the artifact's check probed this file: no second probe
     model = model or json.loads(bytes(booster.save_raw("json")))
     return exact_gtil(booster, model_file.trees(model), nthread)
 
@@ -119,7 +124,7 @@ def check_model_file(path: str, allow_pickle: bool) -> dict:
     if source.kind == "json" or source.kind == "legacy-binary":
         model = json.loads(source.model)  # the file's own values, not XGBoost's reading of them
     second = crosscheck.check_agreement(source, model, booster, predictor, GTIL_MAX_ROWS)
-    return {"format": source.kind, "saved_by": source.saved_by, "compared_with": second}
+    return {"format": source.kind, "saved_by": source.saved_by, "compared_with": second, "gtil": gtil is not None}
 
 
 def _check_structure(model: dict) -> None:
@@ -198,7 +203,8 @@ class XGBoostModel(MLModel):
     """Serves one XGBoost booster, through V2 and through the SageMaker router.
 
     ``parameters.uri`` is the unpacked artifact's folder; ``parameters.extra`` may
-    hold ``allow_pickle`` (bool) and ``nthread`` (int).
+    hold ``allow_pickle`` (bool), ``nthread`` (int) and ``gtil_exact`` (bool: whether the artifact's
+    check found GTIL exact on this file; absent when no check result is at hand).
     """
 
     _booster: Optional[xgb.Booster] = None
@@ -216,7 +222,7 @@ class XGBoostModel(MLModel):
         self._batch = batch_predictor(self._booster)
         self._num_features = self._booster.num_features()
         self._outputs = outputs_per_row(self._booster)
-        self._gtil = await in_loads(_gtil_for, self._booster, path, nthread)
+        self._gtil = await in_loads(_gtil_for, self._booster, path, nthread, None, options.get("gtil_exact"))
         return True
 
     @property
