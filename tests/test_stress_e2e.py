@@ -78,9 +78,7 @@ def test_evictions_under_load_with_bad_targets_and_bodies(prefix, start_server):
         seconds=6,
     )
     assert_only_expected(tally)
-    # Every call here may reload a legacy model (12 targets through 3 slots); since XGBoost 3.2 each load
-    # converts the legacy file first, and a 2-core CI machine completed 94 and 70 calls in two runs.
-    assert tally.count("invoke") > 50 and tally.count("bad-target") > 10, tally.statuses
+    assert tally.count("invoke") > 100 and tally.count("bad-target") > 10, tally.statuses
     assert_registry_matches_lifecycle(server, limit=3)
 
 
