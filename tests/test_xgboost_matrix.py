@@ -189,3 +189,49 @@ def test_the_gtil_differential_covers_bundled_and_matrix_models():
     names = [name for name, _, _ in GTIL_MODELS]
     assert sorted(name for name in names if name in example_targets()) == example_targets()
     assert len([name for name in names if name not in example_targets()]) > 20
+
+
+def test_a_damaged_legacy_file_is_refused_by_the_reader_never_a_stray_exception():
+    data = legacy_model_bytes()
+    rng = np.random.default_rng(7)
+    damaged = [data[:cut] for cut in range(0, len(data), 97)]
+    for _ in range(1500):
+        flipped = bytearray(data)
+        for position in rng.integers(0, len(data), rng.integers(1, 4)):
+            flipped[position] = int(rng.integers(0, 256))
+        damaged.append(bytes(flipped))
+    for number, sample in enumerate(damaged):
+        try:
+            legacy_binary.to_json_bytes(sample)
+        except legacy_binary.LegacyFormatError:
+            pass  # refused, with the reason; anything else raised fails the test with sample `number`
+
+
+@pytest.mark.parametrize("base_score", [float("nan"), float("inf"), 1e30])
+def test_a_legacy_base_score_out_of_range_is_refused(base_score):
+    data = bytearray(legacy_model_bytes())
+    offset = 4 if data[:4] == b"binf" else 0
+    struct.pack_into("<f", data, offset, base_score)
+    struct.pack_into("<I", data, offset + 20, 0)  # major version 0: the score is a margin to transform
+    objective = json.loads(bytes(legacy_binary.to_json_bytes(legacy_model_bytes())))["learner"]["objective"]["name"]
+    if base_score == 1e30 and objective == "reg:squarederror":
+        assert legacy_binary.to_json_model(bytes(data))["learner"]["learner_model_param"]["base_score"] == "1E30"
+        return
+    with pytest.raises(legacy_binary.LegacyFormatError, match="base score"):
+        legacy_binary.to_json_model(bytes(data))
+
+
+class _RunsCode:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_a_pickle_is_never_unpickled_unless_allowed(tmp_path, protocol):
+    marker = tmp_path / "ran"
+    with pytest.raises(BrokenModel):
+        model_file.read(pickle.dumps(_RunsCode(str(marker)), protocol=protocol), allow_pickle=False)
+    assert not marker.exists()
