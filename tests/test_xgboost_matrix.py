@@ -49,7 +49,8 @@ def test_every_matrix_model_answers_its_training_predictions_or_is_refused_by_na
         return
     found = check_model_file(path, allow_pickle=True)
     assert found["format"] == entry["format"]
-    assert found["compared_with"] in ("Treelite", "a NumPy evaluation", "XGBoost only")
+    assert found["compared_with"] in ("Treelite", "a NumPy evaluation", "a NumPy evaluation of XGBoost's reading",
+                                      "XGBoost only")
     assert found["compared_with"] != "XGBoost only" or entry["format"] == "pickle"
     booster = load_booster(path, allow_pickle=True, nthread=1)
     answer = batch_predictor(booster)(MATRIX_ROWS).reshape(np.shape(entry["predictions"]))
@@ -235,3 +236,22 @@ def test_a_pickle_is_never_unpickled_unless_allowed(tmp_path, protocol):
     with pytest.raises(BrokenModel):
         model_file.read(pickle.dumps(_RunsCode(str(marker)), protocol=protocol), allow_pickle=False)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "file", ["3.2.0/multi_softmax.json", "3.2.0/binary_hinge.json", "3.2.0/reg_squarederror_gblinear.json",
+             "1.7.6/reg_squarederror.bin"],
+)
+def test_a_server_predictor_answering_wrong_is_caught_whatever_the_objective(file):
+    from mlserver_mme.runtimes import crosscheck
+
+    source = model_file.read(open(os.path.join(MATRIX, file), "rb").read(), allow_pickle=False)
+    booster = source.booster()
+    batch = batch_predictor(booster)
+    assert crosscheck.check_agreement(source, json.loads(source.model), True, booster, batch, GTIL_MAX_ROWS)
+
+    def off_by_one(rows):
+        return batch(rows) + 1  # another class, sign or value on every row
+
+    with pytest.raises(BrokenModel, match="differ from a second reading"):
+        crosscheck.check_agreement(source, json.loads(source.model), True, booster, off_by_one, GTIL_MAX_ROWS)

@@ -26,7 +26,7 @@ import xgboost
 
 from ..errors import BrokenModel, describe
 from . import model_file
-from .gtil import _probe
+from .gtil import IDENTITY_OBJECTIVES, _probe
 from .model_file import ModelFile
 
 RTOL = 1e-5  # float32 rounding of sums taken in another order, and of exp/sigmoid in double
@@ -60,11 +60,14 @@ def second_reading(source: ModelFile) -> Optional[treelite.Model]:
     return None
 
 
-def check_agreement(source: ModelFile, model: dict, booster, predict: Callable, max_rows: int) -> str:
+def check_agreement(
+    source: ModelFile, model: dict, own_values: bool, booster, predict: Callable, max_rows: int
+) -> str:
     """Raise BrokenModel unless the server's answers match a second reading; say which one was used.
 
-    ``model`` is the booster's JSON model, ``predict`` the server's predictor and
-    ``max_rows`` the largest batch that takes the server's small-batch path.
+    ``model`` is the JSON model: the file's own values if ``own_values``, else XGBoost's reading
+    of them. ``predict`` is the server's predictor and ``max_rows`` the largest batch that takes the
+    server's small-batch path.
     """
     learner = model["learner"]
     objective = learner["objective"]["name"]
@@ -88,15 +91,26 @@ def check_agreement(source: ModelFile, model: dict, booster, predict: Callable, 
         }
         reader = "Treelite"
     elif linear:
-        expected, reader = {"margins": _linear_margin(model, rows)}, "a NumPy evaluation"
+        expected = {"margins": _linear_margin(model, rows)}
+        if objective in IDENTITY_OBJECTIVES:  # the answer is the margin (a missing value weighs 0, as a 0 does)
+            expected["dense"] = expected["sparse"] = expected["margins"]
+        reader = "a NumPy evaluation" if own_values else "a NumPy evaluation of XGBoost's reading"
     else:
         return "XGBoost only"
     everything = np.arange(len(rows))
     answers = {"margins": ("margins", everything, _margins(booster, rows))}
-    if objective not in DISCRETE_OBJECTIVES and "dense" in expected:
+    if "dense" in expected:
         answers.update(_answers(predict, rows, max_rows))
+    if objective in DISCRETE_OBJECTIVES and "dense" in expected:
+        margins = treelite.gtil.predict(reference, sparse_rows, nthread=1, pred_margin=True)
+        expected["dense"], clear = _decided(objective, expected["margins"])
+        expected["sparse"], clear_sparse = _decided(objective, margins)
+        clear = {"dense": clear, "sparse": clear_sparse}
     for shape, (kind, asked, answer) in answers.items():
-        difference = _difference(answer, np.asarray(expected[kind]).reshape(len(rows), -1)[asked])
+        wanted = np.asarray(expected[kind]).reshape(len(rows), -1)[asked]
+        if objective in DISCRETE_OBJECTIVES and kind in clear:  # a class or sign a rounding could flip: not compared
+            answer = np.where(clear[kind][asked], np.asarray(answer).reshape(wanted.shape), wanted)
+        difference = _difference(answer, wanted)
         if difference:
             raise BrokenModel(
                 f"its predictions differ from a second reading of the file ({reader}) on {shape}: {difference}. "
@@ -104,6 +118,17 @@ def check_agreement(source: ModelFile, model: dict, booster, predict: Callable, 
                 f"{xgboost.__version__} and will not serve answers it cannot vouch for"
             )
     return reader
+
+
+def _decided(objective: str, margins: np.ndarray):
+    """The class (multi:softmax) or sign (binary:hinge) Treelite's margins give, and where no rounding
+    could change it: the top two margins, or the margin and 0, further apart than the tolerance."""
+    margins = np.asarray(margins, dtype=np.float64).reshape(len(margins), -1)
+    slack = RTOL * (np.abs(margins).max(axis=1) + 1.0)
+    if objective == "binary:hinge":
+        return (margins[:, 0] > 0).astype(np.float64).reshape(-1, 1), (np.abs(margins[:, 0]) > slack).reshape(-1, 1)
+    top = np.sort(margins, axis=1)
+    return margins.argmax(axis=1).astype(np.float64).reshape(-1, 1), (top[:, -1] - top[:, -2] > slack).reshape(-1, 1)
 
 
 def _answers(predict: Callable, rows: np.ndarray, max_rows: int) -> dict:

@@ -121,9 +121,10 @@ def check_model_file(path: str, allow_pickle: bool) -> dict:
     batch(np.ones((1, width), dtype=np.float32))
     gtil = _gtil_for(booster, path, 1, model)  # as the server's load does next: Treelite's parsing included
     predictor = functools.partial(_predict, batch, gtil, width, outputs_per_row(booster))
-    if source.kind == "json" or source.kind == "legacy-binary":
+    own_values = source.kind in ("json", "legacy-binary")
+    if own_values:
         model = json.loads(source.model)  # the file's own values, not XGBoost's reading of them
-    second = crosscheck.check_agreement(source, model, booster, predictor, GTIL_MAX_ROWS)
+    second = crosscheck.check_agreement(source, model, own_values, booster, predictor, GTIL_MAX_ROWS)
     return {"format": source.kind, "saved_by": source.saved_by, "compared_with": second, "gtil": gtil is not None}
 
 
