@@ -32,7 +32,7 @@ from .cache import ArtifactCache
 from .config import comma_list, load_settings, preload_targets
 from .declared_settings import OWN_SETTINGS, XGBOOST_RUNTIME, read_declared
 from .errors import BrokenModel, StorageUnavailable
-from .memory import parse_size
+from .memory import parse_size, total_memory
 from .metrics import metrics
 from .naming import NotATargetPath, target_of, v2_name
 from .runtimes.xgboost import check_model_file, find_model_file
@@ -49,6 +49,8 @@ class MMERepository(SchemalessModelRepository):
         self.store = open_store(self.settings.model_prefix)
         self.allowed_runtimes = comma_list(self.settings.allowed_runtimes)
         memory = parse_size(self.settings.validation_memory)
+        if self.settings.memory_limit:  # a model the check lets through must fit in what the server may hold
+            memory = min(memory, parse_size(self.settings.memory_limit, total_memory()))
         seconds = self.settings.validation_seconds
         self.check_limits = isolation.Limits(memory_bytes=memory, cpu_seconds=seconds, wall_seconds=2.0 * seconds)
         self._check_slots = asyncio.Semaphore(os.cpu_count() or 1)  # each check may take its memory limit
