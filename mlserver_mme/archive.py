@@ -52,6 +52,13 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")  # gzip, bzip2, xz
 
 
+def max_archive_bytes(max_bytes: int) -> int:
+    """The most an artifact that unpacks to at most ``max_bytes`` can weigh: its files, each member's header
+    and padding, the extended headers, the end blocks, and compression that gained nothing (under 1/64)."""
+    tar = max_bytes + MAX_MEMBERS * 2 * tarfile.BLOCKSIZE + MAX_ARCHIVE_HEADER_BYTES + tarfile.RECORDSIZE
+    return tar + tar // 64 + 64 * 1024
+
+
 class UnsafeArchive(ValueError):
     """The artifact cannot be unpacked safely or at all; the message says why."""
 

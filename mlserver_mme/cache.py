@@ -31,11 +31,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Dict, Optional, Tuple
 
-from .archive import UnsafeArchive, unpack
+from .archive import UnsafeArchive, max_archive_bytes, unpack
 from .errors import ArtifactNotFound, BrokenModel, StorageUnavailable
 from .metrics import metrics
 from .single_flight import SingleFlight
-from .store import ObjectInfo, ObjectMissing, Store, StoreUnreachable
+from .store import ObjectInfo, ObjectMissing, ObjectTooLarge, Store, StoreUnreachable
 from .threads import in_io
 
 logger = logging.getLogger("mlserver.mme")
@@ -182,7 +182,14 @@ class ArtifactCache:
         try:
             started = time.perf_counter()
             archive = os.path.join(work, "artifact")
-            info = self.store.fetch(target, archive)
+            try:
+                info = self.store.fetch(target, archive, max_archive_bytes(self.max_unpacked_bytes))
+            except ObjectTooLarge as error:
+                raise BrokenModel(
+                    f"The artifact of '{target}' is {error.size} bytes or more: "
+                    f"more than an artifact that unpacks within MLSERVER_MME_MAX_UNPACKED_BYTES "
+                    f"({self.max_unpacked_bytes}) can take, so it is not downloaded"
+                ) from None
             downloaded = time.perf_counter()
             content = os.path.join(work, "content")
             os.mkdir(content)

@@ -6,7 +6,6 @@ knows which one it talks to. Calls block: callers run them off the event loop.
 """
 
 import os
-import shutil
 from dataclasses import dataclass
 from typing import List, Protocol
 from urllib.parse import urlparse
@@ -27,6 +26,14 @@ class StoreUnreachable(OSError):
     """The store could not be reached or refused the request."""
 
 
+class ObjectTooLarge(ValueError):
+    """The object is larger than the caller will take: refused on its size, or as soon as the bytes passed it."""
+
+    def __init__(self, location: str, size: int, limit: int):
+        super().__init__(f"{location} is {size} bytes or more, more than {limit}")
+        self.size, self.limit = size, limit
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     location: str  # for messages: s3://bucket/key or a local path
@@ -39,7 +46,9 @@ class Store(Protocol):
 
     def head(self, relpath: str) -> ObjectInfo: ...
 
-    def fetch(self, relpath: str, destination: str) -> ObjectInfo: ...
+    def fetch(self, relpath: str, destination: str, max_bytes: int) -> ObjectInfo:
+        """Copy the object into ``destination``; ObjectTooLarge past ``max_bytes``, before or while reading."""
+        ...
 
 
 def is_listed_artifact(relpath: str) -> bool:
@@ -84,9 +93,12 @@ class LocalStore:
         stat = os.stat(path)
         return ObjectInfo(path, f"{stat.st_mtime_ns:x}-{stat.st_size:x}", stat.st_size)
 
-    def fetch(self, relpath: str, destination: str) -> ObjectInfo:
+    def fetch(self, relpath: str, destination: str, max_bytes: int) -> ObjectInfo:
         info = self.head(relpath)
-        shutil.copyfile(self._path(relpath), destination)
+        if info.size > max_bytes:
+            raise ObjectTooLarge(info.location, info.size, max_bytes)
+        with open(self._path(relpath), "rb") as source:
+            _copy_at_most(source, destination, max_bytes, info.location)  # the file may grow meanwhile
         return info
 
 
@@ -130,13 +142,29 @@ class S3Store:
             reply = self._client.head_object(Bucket=self.bucket, Key=self.key_prefix + relpath)
         return ObjectInfo(self._location(relpath), reply["ETag"].strip('"'), reply["ContentLength"])
 
-    def fetch(self, relpath: str, destination: str) -> ObjectInfo:
+    def fetch(self, relpath: str, destination: str, max_bytes: int) -> ObjectInfo:
         # One GET: the ETag and size come with the body, so no HEAD first.
-        with _s3_errors(self._location(relpath)):
+        location = self._location(relpath)
+        with _s3_errors(location):
             reply = self._client.get_object(Bucket=self.bucket, Key=self.key_prefix + relpath)
-            with open(destination, "wb") as out:
-                shutil.copyfileobj(reply["Body"], out, 1024 * 1024)
-        return ObjectInfo(self._location(relpath), reply["ETag"].strip('"'), reply["ContentLength"])
+            with reply["Body"] as body:  # closed unread when refused on its size
+                if reply["ContentLength"] > max_bytes:
+                    raise ObjectTooLarge(location, reply["ContentLength"], max_bytes)
+                _copy_at_most(body, destination, max_bytes, location)
+        return ObjectInfo(location, reply["ETag"].strip('"'), reply["ContentLength"])
+
+
+def _copy_at_most(source, destination: str, max_bytes: int, location: str) -> None:
+    copied = 0
+    with open(destination, "wb") as out:
+        while True:
+            chunk = source.read(1024 * 1024)
+            if not chunk:
+                return
+            copied += len(chunk)
+            if copied > max_bytes:
+                raise ObjectTooLarge(location, copied, max_bytes)
+            out.write(chunk)
 
 
 class _s3_errors:

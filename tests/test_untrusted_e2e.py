@@ -172,3 +172,17 @@ def test_a_many_class_model_cannot_multiply_a_small_body_into_a_huge_answer(pref
     assert one_row.status_code == 200, one_row.text
     assert len(one_row.json()[0]) == 100_000
     model_error(invoke(server, "classes.tar.gz", b"1,2,3\n" * 11), 400, "more than 1000000 values")
+
+
+def test_an_object_larger_than_any_artifact_within_the_limits_is_refused_unread(prefix, start_server, tmp_path, s3):
+    from mlserver_mme.archive import max_archive_bytes
+
+    limit = 1 << 20
+    size = max_archive_bytes(limit) + 1
+    prefix.put("huge.tar.gz", b"\x1f\x8b" + b"\0" * (size - 2))
+    server = start_server(max_unpacked_bytes=limit)
+    message = model_error(call(server, "huge.tar.gz"), 500, f"is {size} bytes or more")
+    assert "MLSERVER_MME_MAX_UNPACKED_BYTES" in message
+    assert os.listdir(tmp_path / "cache" / "partial") == []
+    assert call(server, "huge.tar.gz").status_code == 424  # remembered: not fetched again
+    assert prefix.gets("huge.tar.gz") == 1

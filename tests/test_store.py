@@ -1,0 +1,33 @@
+"""The stores stop a download at the size the caller takes, on the object's size or while reading."""
+
+import io
+
+import pytest
+
+from mlserver_mme.store import LocalStore, ObjectTooLarge, _copy_at_most
+
+
+def test_a_local_object_over_the_limit_is_refused_before_it_is_copied(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.tar.gz").write_bytes(b"x" * 1000)
+    store = LocalStore(str(tmp_path / "models"))
+    with pytest.raises(ObjectTooLarge, match="1000 bytes or more, more than 999"):
+        store.fetch("m.tar.gz", str(tmp_path / "copy"), max_bytes=999)
+    assert not (tmp_path / "copy").exists()
+    assert store.fetch("m.tar.gz", str(tmp_path / "copy"), max_bytes=1000).size == 1000
+    assert (tmp_path / "copy").read_bytes() == b"x" * 1000
+
+
+def test_a_stream_longer_than_it_said_stops_as_soon_as_it_passes_the_limit(tmp_path):
+    class Endless(io.RawIOBase):
+        reads = 0
+
+        def read(self, size=-1):
+            self.reads += 1
+            return b"y" * size
+
+    source = Endless()
+    with pytest.raises(ObjectTooLarge, match="more than 3000000"):
+        _copy_at_most(source, str(tmp_path / "out"), 3_000_000, "s3://bucket/m.tar.gz")
+    assert source.reads == 3  # three 1 MiB reads pass 3,000,000 bytes: no fourth
+    assert (tmp_path / "out").stat().st_size <= 3_000_000
