@@ -7,17 +7,30 @@ can only hurt itself: it gets an address-space limit (the memory it may add),
 a CPU-time limit, no core dump and no file writes, and is killed at a wall-clock
 deadline. A crash, a limit or a timeout is reported as ``IsolatedFailure``.
 
+Code running in the child (a hostile file that took over XGBoost's parser) is
+also confined (``_confine``): an empty environment (no AWS secret), no
+descriptor but its answer pipe (standard streams on /dev/null), a private empty
+working folder, and a seccomp filter (libseccomp through ``pyseccomp``) that
+refuses sockets, signals to other processes, running programs, and any change to
+files: no opening for writing, creating, renaming, deleting or linking. Where
+libseccomp cannot be loaded the server logs it once and checks run without the
+filter.
+
 Children are forked from multiprocessing's fork server, a single-threaded
 process that imported the check's modules (and so XGBoost) once: a child costs
 a fork, not an interpreter start, and never inherits the server's threads or
 OpenMP state (forking the multi-threaded server itself could deadlock).
 """
 
+import errno
 import json
+import logging
 import multiprocessing
 import os
 import resource
+import shutil
 import signal
+import tempfile
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -62,7 +75,8 @@ def run(check: Callable[..., Any], *args, limits: Limits) -> Any:
     value and raise an exception whose message says what is wrong with the input.
     """
     receiver, sender = _context.Pipe(duplex=False)
-    process = _context.Process(target=_child, args=(sender, limits, check, args), daemon=True)
+    workdir = tempfile.mkdtemp(prefix="mme-check-")
+    process = _context.Process(target=_child, args=(sender, limits, workdir, check, args), daemon=True)
     process.start()
     sender.close()
     try:
@@ -74,6 +88,7 @@ def run(check: Callable[..., Any], *args, limits: Limits) -> Any:
         raise
     finally:
         receiver.close()
+        shutil.rmtree(workdir, ignore_errors=True)
     # A child that answered exits by itself: not waiting for its exit status saves milliseconds.
     if not ok:
         raise IsolatedFailure(value)
@@ -103,7 +118,8 @@ def _death(exitcode: int, limits: Limits) -> str:
     return f"the check exited with status {exitcode}"
 
 
-def _child(sender, limits: Limits, check: Callable[..., Any], args: tuple) -> None:
+def _child(sender, limits: Limits, workdir: str, check: Callable[..., Any], args: tuple) -> None:
+    _confine(sender.fileno(), workdir)
     _limit_self(limits)
     try:
         answer = (True, check(*args))
@@ -124,6 +140,65 @@ def _limit_self(limits: Limits) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write fails with EFBIG instead of killing
+
+
+# Refused with EPERM in the child: what code taken over by a hostile file could use to reach out.
+_DENIED_SYSCALLS = (
+    "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4", "sendto", "sendmsg", "sendmmsg",
+    "kill", "tkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal", "ptrace",
+    "process_vm_readv", "process_vm_writev", "execve", "execveat",
+    "creat", "unlink", "unlinkat", "rename", "renameat", "renameat2", "rmdir", "mkdir", "mkdirat", "link", "linkat",
+    "symlink", "symlinkat", "chmod", "fchmod", "fchmodat", "chown", "fchown", "lchown", "fchownat", "truncate",
+    "ftruncate", "utime", "utimes", "utimensat", "futimesat", "mknod", "mknodat",
+)
+_WRITING_FLAGS = (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC, os.O_APPEND)
+
+
+def _confine(keep_fd: int, workdir: str) -> None:
+    """Leave the child nothing to reach the server, its secrets or other files with."""
+    os.chdir(workdir)
+    os.environ.clear()
+    null = os.open(os.devnull, os.O_RDWR)
+    for standard in (0, 1, 2):
+        os.dup2(null, standard)
+    for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
+        if fd > 2 and fd != keep_fd:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the listing's own descriptor, closed already
+    if _make_filter is not None:
+        _make_filter().load()
+
+
+def _seccomp_filter():
+    """A maker of the child's seccomp filter, or None where libseccomp cannot be used here."""
+    try:
+        import pyseccomp as seccomp
+
+        def make():
+            rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+            refuse = seccomp.ERRNO(errno.EPERM)
+            for name in _DENIED_SYSCALLS:
+                try:
+                    rules.add_rule(refuse, name)
+                except (OSError, RuntimeError, ValueError):
+                    pass  # a call this architecture does not have
+            for flag in _WRITING_FLAGS:  # opening for writing, creating or truncating
+                rules.add_rule(refuse, "openat", seccomp.Arg(2, seccomp.MASKED_EQ, flag, flag))
+                rules.add_rule(refuse, "open", seccomp.Arg(1, seccomp.MASKED_EQ, flag, flag))
+            return rules
+
+        make()  # fails here, at import, if libseccomp is missing
+        return make
+    except Exception as error:  # ImportError, OSError from ctypes, libseccomp's own errors
+        logging.getLogger("mlserver.mme").warning(
+            "event=check-unconfined reason=%s: model checks run without a seccomp filter", describe(error)
+        )
+        return None
+
+
+_make_filter = _seccomp_filter()  # made at import: in the server (which logs a problem) and the fork server
 
 
 def _warm_up() -> None:

@@ -81,6 +81,15 @@ def test_an_exception_is_its_message_without_a_trace():
 
 
 def test_the_child_cannot_write_files(tmp_path):
+    with pytest.raises(isolation.IsolatedFailure, match="Operation not permitted"):  # the seccomp filter
+        isolation.run(write_file, str(tmp_path / "out"), limits=ROOMY)
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_the_filter_the_file_size_limit_still_stops_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(isolation, "_make_filter", None)
+    isolation.start([])  # the fork server has the filter: fork children of this process instead
+    monkeypatch.setattr(isolation, "_context", isolation.multiprocessing.get_context("fork"))
     with pytest.raises(isolation.IsolatedFailure, match="File too large"):
         isolation.run(write_file, str(tmp_path / "out"), limits=ROOMY)
     assert os.path.getsize(tmp_path / "out") == 0
@@ -110,3 +119,46 @@ def test_the_fork_server_is_not_counted_as_the_servers_memory():
                 for pid in open(f"/proc/{os.getpid()}/task/{task}/children").read().split()]
     assert any(memory._is_check_helper(child) for child in children)
     assert not any(memory._is_check_helper(pid) for pid in memory._descendants(os.getpid()))
+
+
+def reach_out(secret_name, victim, parent):
+    """What code taken over by a hostile file would try; each answer says what it got."""
+    import socket
+
+    found = {"secret": os.environ.get(secret_name), "cwd_empty": os.listdir(".") == []}
+    found["fds"] = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+    attempts = {
+        "connect": lambda: socket.create_connection(("127.0.0.1", 9), timeout=1),
+        "signal": lambda: os.kill(parent, 0),
+        "rename": lambda: os.rename(victim, victim + ".moved"),
+        "unlink": lambda: os.unlink(victim),
+        "overwrite": lambda: open(victim, "r+b").write(b"X"),
+        "create": lambda: open(victim + ".new", "wb"),
+        "run": lambda: os.execv("/bin/true", ["true"]),
+    }
+    for name, attempt in attempts.items():
+        try:
+            attempt()
+            found[name] = "done"
+        except OSError as error:
+            found[name] = errno_name(error)
+    return found
+
+
+def errno_name(error: OSError) -> str:
+    import errno
+
+    return errno.errorcode.get(error.errno, str(error.errno))
+
+
+def test_the_child_has_no_secret_network_signal_or_file_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MME_TEST_SECRET", "aws-secret")
+    victim = tmp_path / "other-model"
+    victim.write_bytes(b"model")
+    isolation.start([])
+    found = isolation.run(reach_out, "MME_TEST_SECRET", str(victim), os.getpid(), limits=ROOMY)
+    assert found["secret"] is None and found["cwd_empty"]
+    assert len(found["fds"]) <= 5  # 0, 1, 2 on /dev/null, the answer pipe, the listing's own
+    for attempt in ("connect", "signal", "rename", "unlink", "overwrite", "create", "run"):
+        assert found[attempt] == "EPERM", (attempt, found)
+    assert victim.read_bytes() == b"model" and sorted(os.listdir(tmp_path)) == ["other-model"]
