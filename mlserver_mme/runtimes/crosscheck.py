@@ -84,9 +84,10 @@ def check_agreement(
     # A sparse row leaves out its zeros: they are missing values there, as in a libsvm request.
     sparse_rows = np.where(rows == 0, np.float32(np.nan), rows)
     if reference is not None:
+        margins = treelite.gtil.predict(reference, rows, nthread=1, pred_margin=True)
         expected = {
-            "margins": treelite.gtil.predict(reference, rows, nthread=1, pred_margin=True),
-            "dense": treelite.gtil.predict(reference, rows, nthread=1),
+            "margins": margins,  # the answers themselves where the objective leaves the sum as it is
+            "dense": margins if objective in IDENTITY_OBJECTIVES else treelite.gtil.predict(reference, rows, nthread=1),
             "sparse": treelite.gtil.predict(reference, sparse_rows, nthread=1),
         }
         reader = "Treelite"
@@ -98,7 +99,7 @@ def check_agreement(
     else:
         return "XGBoost only"
     everything = np.arange(len(rows))
-    answers = {"margins": ("margins", everything, _margins(booster, rows))}
+    answers = {"margins": ("margins", everything, _margins(booster, rows, linear))}
     if "dense" in expected:
         answers.update(_answers(predict, rows, max_rows))
     if objective in DISCRETE_OBJECTIVES and "dense" in expected:
@@ -138,19 +139,23 @@ def _answers(predict: Callable, rows: np.ndarray, max_rows: int) -> dict:
 
     sparse = scipy.sparse.csr_matrix(np.nan_to_num(rows, nan=0.0))
     sparse.eliminate_zeros()  # absent, as a libsvm row leaves them: missing, like the NaN they stand for
-    count, twice = len(rows), np.tile(np.arange(len(rows)), 2)
+    count = len(rows)
+    # one batch larger than the small-batch path takes: the rows themselves if there are enough
+    large = np.tile(np.arange(count), max_rows // count + 1 if count <= max_rows else 1)
     return {  # shape: (which expected answers, the rows asked about, the server's answer)
         "single rows": ("dense", np.arange(min(8, count)), stacked(predict(rows[i : i + 1]) for i in range(min(8, count)))),
         f"batches of {max_rows} rows": (
             "dense", np.arange(count), stacked(predict(rows[i : i + max_rows]) for i in range(0, count, max_rows))
         ),
-        "one large batch": ("dense", twice, predict(np.concatenate([rows] * 2))),
-        "one large sparse batch": ("sparse", twice, predict(scipy.sparse.vstack([sparse, sparse]).tocsr())),
+        "one large batch": ("dense", large, predict(rows[large])),
+        "one large sparse batch": ("sparse", large, predict(sparse[large])),
     }
 
 
-def _margins(booster, rows: np.ndarray) -> np.ndarray:
-    return booster.predict(xgboost.DMatrix(rows, missing=np.nan), output_margin=True)
+def _margins(booster, rows: np.ndarray, linear: bool) -> np.ndarray:
+    if linear:  # gblinear has no inplace_predict
+        return booster.predict(xgboost.DMatrix(rows, missing=np.nan), output_margin=True)
+    return booster.inplace_predict(rows, predict_type="margin", validate_features=False)
 
 
 def _difference(answer: np.ndarray, expected: np.ndarray) -> str:
@@ -208,11 +213,13 @@ def _leaf_rows(trees: List[dict], num_features: int) -> np.ndarray:
             pending.append((right[node], path + ((split[node], threshold, np.inf),)))
     low = np.full((len(paths), num_features), -np.inf, dtype=np.float32)
     high = np.full((len(paths), num_features), np.inf, dtype=np.float32)
-    for number, path in enumerate(paths):
-        for feature, below, above in path:
-            if 0 <= feature < num_features:
-                low[number, feature] = max(low[number, feature], below)
-                high[number, feature] = min(high[number, feature], above)
+    steps = [(number, *step) for number, path in enumerate(paths) for step in path]
+    if steps:
+        number, feature, below, above = (np.asarray(column) for column in zip(*steps))
+        inside = (feature >= 0) & (feature < num_features)
+        where = (number[inside], feature[inside].astype(np.int64))
+        np.maximum.at(low, where, below[inside].astype(np.float32))  # the tightest bounds along each path
+        np.minimum.at(high, where, above[inside].astype(np.float32))
     # a float32 in [low, high): low itself, or just below high when there is no low; NaN for a leaf no row reaches
     with np.errstate(invalid="ignore"):
         rows = np.where(np.isinf(low), np.nextafter(high, np.float32(-np.inf)), low)
