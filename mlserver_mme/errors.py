@@ -118,6 +118,12 @@ class ProtectedModel(MMEError):
     sagemaker_code, sagemaker_status, v2_status = "ValidationError", 409, 409
 
 
+class StreamingUnsupported(MMEError):
+    """V2 streaming inference on a model of this server's runtimes, which answer whole requests only."""
+
+    sagemaker_code, sagemaker_status, v2_status = "ValidationError", 404, 404
+
+
 class HostedModelNotFound(MMEError):
     """Hosting contract: a model name that is not loaded."""
 

@@ -13,6 +13,7 @@ when they are not there.
 import functools
 import gc
 import inspect
+import logging
 import sys
 from dataclasses import dataclass
 from typing import AsyncContextManager, Awaitable, Callable
@@ -45,7 +46,10 @@ def check() -> None:
     for method in ("load", "unload", "get_model", "get_models"):
         if not hasattr(MultiModelRegistry, method):
             problems.append(f"MultiModelRegistry.{method} is missing")
-    routed = ((DataPlane, ("infer", "model_ready", "model_metadata")), (ModelRepositoryHandlers, ("load", "unload")))
+    routed = (
+        (DataPlane, ("infer", "infer_stream", "model_ready", "model_metadata")),
+        (ModelRepositoryHandlers, ("load", "unload")),
+    )
     for owner, methods in routed:
         for method in methods:
             if "name" not in inspect.signature(getattr(owner, method, lambda: None)).parameters:
@@ -53,6 +57,8 @@ def check() -> None:
     for owner, method, attribute in _GRPC_CHAIN:
         if attribute not in getattr(getattr(owner, method, None), "__code__", _NO_CODE).co_names:
             problems.append(f"{owner.__name__}.{method} no longer sets {attribute}")
+    if not isinstance(getattr(grpc_utils, "logger", None), logging.Logger):
+        problems.append("mlserver.grpc.utils.logger is missing")
     if not isinstance(getattr(grpc_utils, "STATUS_CODE_MAPPING", None), dict):
         problems.append("mlserver.grpc.utils.STATUS_CODE_MAPPING is missing")
     if problems:
@@ -130,15 +136,26 @@ def route_v2_calls(
     around_model: Callable[[str], AsyncContextManager],
     load: Callable[[str, Callable], Awaitable[bool]],
     unload: Callable[[str, Callable], Awaitable[bool]],
+    refuse_stream: Callable[[str], None],
 ) -> None:
     """Send MLServer's V2 calls (REST and gRPC) through the multi-model layer.
 
     The data plane's calls on one model run inside ``around_model(name)``; the repository
     API's ``load(name)``/``unload(name)`` become ``load(name, original)``/``unload(name, original)``.
+    Streaming inference (REST ``infer_stream``, gRPC ``ModelStreamInfer``) first passes
+    ``refuse_stream(name)``, which raises for a model that is not to stream: before MLServer
+    looks the name up or makes metrics for it, and before a REST stream's response starts.
     """
     data_plane = parts.data_plane
     for method in ("infer", "model_ready", "model_metadata"):
         setattr(data_plane, method, _around_model(getattr(data_plane, method), around_model))
+    streaming = data_plane.infer_stream
+
+    def gated_stream(payloads, name: str, version=None):  # not async: both callers call it, then iterate
+        refuse_stream(name)
+        return streaming(payloads, name, version)
+
+    data_plane.infer_stream = gated_stream
     handlers = parts.repository_handlers
     original_load, original_unload = handlers.load, handlers.unload
 
@@ -213,6 +230,21 @@ def _is_handler_table(held) -> bool:
 # What the gRPC server is reached through: (class, method, the attribute that method sets).
 _GRPC_CHAIN = ((MLServer, "_create_servers", "_grpc_server"), (GRPCServer, "_create_server", "_server"))
 _NO_CODE = (lambda: None).__code__
+
+
+class _NoTraceForClientErrors(logging.Filter):
+    """MLServer's gRPC handlers log every MLServerError with its traceback: a caller's mistake (a 4xx)
+    keeps its one line, so made-up names cannot fill the log with tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, mlserver.errors.MLServerError) and getattr(error, "status_code", 500) < 500:
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_grpc_client_errors() -> None:
+    grpc_utils.logger.addFilter(_NoTraceForClientErrors())
 
 
 def map_grpc_statuses(statuses: dict) -> None:

@@ -602,3 +602,28 @@ def test_one_byte_values_cannot_grow_twentyfold_as_json(stand_in):
     reply = call(app, "/v2/models/m/infer", head + values.tobytes(), {"Inference-Header-Content-Length": str(len(head))})
     assert reply.status_code == 400 and "more values" in reply.json()["error"]
     assert inner.requests == []
+
+
+def test_streaming_inference_is_refused_before_mlserver_sees_the_name(server):
+    names = [f"made-up-{number}" for number in range(50)] + ["no~~such-name", "Houston_TX"]
+    request = {"inputs": [{"name": "x", "shape": [1, 6], "datatype": "FP32", "data": ROWS[0]}]}
+    for name in names:
+        reply = httpx.post(f"{server.url}/v2/models/{name}/infer_stream", json=request, timeout=30)
+        assert reply.status_code == 404, reply.text
+        assert ("not found" if name == "no~~such-name" else "does not stream") in reply.json()["error"]
+    message = dataplane_pb2.ModelInferRequest(
+        model_name="made-up-grpc",
+        inputs=[dataplane_pb2.ModelInferRequest.InferInputTensor(
+            name="x", datatype="FP32", shape=[1, 6], contents=dataplane_pb2.InferTensorContents(fp32_contents=ROWS[0])
+        )],
+    )
+    with grpc.insecure_channel(grpc_address(server)) as channel:
+        v2 = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for name in ("made-up-grpc", "Houston_TX"):
+            message.model_name = name
+            with pytest.raises(grpc.RpcError) as refused:
+                list(v2.ModelStreamInfer(iter([message]), timeout=30))
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND, refused.value.details()
+    metrics = httpx.get(f"http://127.0.0.1:{server.env['MLSERVER_METRICS_PORT']}/metrics").text
+    assert "made-up" not in metrics and "no~~such-name" not in metrics  # no series for names never loaded
+    assert "Traceback" not in server.log()[-20000:]

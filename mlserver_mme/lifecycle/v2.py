@@ -16,7 +16,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional
 
 from mlserver.errors import ModelNotFound
 
-from ..errors import ProtectedModel
+from ..errors import ProtectedModel, StreamingUnsupported
 from ..naming import NotATargetPath, target_of
 from . import ModelLifecycle
 from .entries import State
@@ -87,6 +87,16 @@ class V2Gate:
         if not await self.lifecycle.unload(entry, "request"):
             raise ModelNotFound(name)  # unloaded or failed meanwhile
         return True
+
+    def refuse_stream(self, name: str) -> None:
+        """Streaming inference is MLServer's, for the models of its folder (the router aside) only."""
+        if name in self.folder_models and name != self.router_name:
+            return
+        if self.target(name) is None and self.lifecycle.models.get(name) is None:
+            raise ModelNotFound(name)
+        raise StreamingUnsupported(
+            f"Model '{name}' does not stream: this server's models answer whole requests; use /infer or ModelInfer."
+        )
 
     def _refuse_router(self, name: str) -> None:
         if name == self.router_name:
