@@ -627,3 +627,11 @@ def test_streaming_inference_is_refused_before_mlserver_sees_the_name(server):
     metrics = httpx.get(f"http://127.0.0.1:{server.env['MLSERVER_METRICS_PORT']}/metrics").text
     assert "made-up" not in metrics and "no~~such-name" not in metrics  # no series for names never loaded
     assert "Traceback" not in server.log()[-20000:]
+
+
+@pytest.mark.parametrize("rows", [2, 65])
+def test_a_bytes_tensor_of_words_is_a_400_whatever_the_batch(server, rows):
+    request = {"inputs": [{"name": "x", "shape": [rows, 1], "datatype": "BYTES", "data": ["word"] * rows}]}
+    reply = httpx.post(f"{server.url}/v2/models/Houston_TX/infer", json=request, timeout=30)
+    assert reply.status_code == 400, reply.text
+    assert "numeric tensor" in reply.json()["error"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mlserver.settings import ModelSettings
 
-from mlserver_mme.errors import ModelStillLoading
+from mlserver_mme.errors import BadPayload, ModelStillLoading
 from mlserver_mme.runtimes.xgboost import XGBoostModel, batch_predictor
 
 
@@ -63,3 +63,15 @@ def test_a_load_takes_the_checks_verdict_on_gtil_instead_of_probing_again(tmp_pa
     assert refused.probes == 0 and refused._gtil is None
     unknown = _loaded(tmp_path, monkeypatch)  # no check result at hand (an older cache): probed here
     assert unknown.probes == 1 and unknown._gtil is not None
+
+
+@pytest.mark.parametrize("rows", [1, 64, 65])
+def test_a_tensor_of_words_is_a_bad_payload_whatever_the_batch(rows):
+    from mlserver.types import InferenceRequest
+
+    model = XGBoostModel(ModelSettings(name="m", implementation=XGBoostModel))
+    request = InferenceRequest.model_validate(
+        {"inputs": [{"name": "x", "shape": [rows, 1], "datatype": "BYTES", "data": ["word"] * rows}]}
+    )
+    with pytest.raises(BadPayload, match="numeric tensor"):
+        asyncio.run(model.predict(request))

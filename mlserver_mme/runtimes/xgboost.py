@@ -259,7 +259,7 @@ class XGBoostModel(MLModel):
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         features = self.decode_request(payload, default_codec=NumpyRequestCodec)
-        if not isinstance(features, np.ndarray):
+        if not isinstance(features, np.ndarray) or features.dtype.kind not in "biuf":  # BYTES: words, not numbers
             raise BadPayload("send one numeric tensor of feature rows")
         if features.ndim == 1:
             features = features.reshape(1, -1)
