@@ -148,7 +148,10 @@ class MMERepository(SchemalessModelRepository):
         """
         declared = self._declared(target, folder)
         template = self._xgboost_template if declared is None else _validated(declared, target)
-        proven = {"gtil_exact": checked["gtil"]} if isinstance((checked or {}).get("gtil"), bool) else {}
+        found = checked or {}
+        proven = {"gtil_exact": found["gtil"]} if isinstance(found.get("gtil"), bool) else {}
+        if isinstance(found.get("visits_per_row"), int):
+            proven["visits_per_row"] = found["visits_per_row"]
         return _described(
             template,
             target,

@@ -49,7 +49,7 @@ from .lifecycle import ModelLifecycle
 from .lifecycle.v2 import V2Gate
 from .model_metrics import OTHER, model_metrics
 from .naming import NotATargetPath, target_of, validate_target
-from .offload import BatchPool, is_batch, is_big_answer
+from .offload import BatchPool, is_batch, is_big_answer, is_costly
 from .payloads import Features, decode, encode, negotiate
 from .repository import MMERepository
 from .runtimes.xgboost import XGBoostModel
@@ -213,8 +213,11 @@ class SageMakerMiddleware:
                 # The hosting contract names the model in the path (SageMaker forwards TargetModel as is).
                 entry = self.lifecycle.hosted.acquire(hosted_model)
             try:
-                values_per_row = entry.model.values_per_row if isinstance(entry.model, XGBoostModel) else 1
-                if is_big_answer(features.shape[0], values_per_row):
+                ours = isinstance(entry.model, XGBoostModel)
+                rows = features.shape[0]
+                if is_big_answer(rows, entry.model.values_per_row if ours else 1) or (
+                    ours and is_costly(rows, entry.model.visits_per_row)
+                ):
                     work = self.batches.run
                 if isinstance(entry.model, XGBoostModel):
                     predictions = await work(entry.model.predictor(), features)

@@ -247,3 +247,27 @@ def many_class_model(classes: int) -> bytes:
     saved["learner"]["learner_model_param"]["base_score"] = "[" + ",".join(["5E-1"] * classes) + "]"  # one per class
     saved["learner"]["objective"]["softmax_multiclass_param"]["num_class"] = str(classes)
     return json.dumps(saved).encode()
+
+
+def chain_model(trees: int, depth: int) -> bytes:
+    """A valid regression model of ``trees`` chains ``depth`` splits deep: a row with a large feature 0 walks
+    every split of every tree (``trees * depth`` node visits), one with a small one stops at the first."""
+    template = json.load(open(os.path.join(ROOT, "tests", "fixtures", "xgboost_matrix", "3.2.0", "reg_squarederror.json")))
+    nodes = 2 * depth + 1  # split k at 2k, its left leaf at 2k + 1, the last right leaf at 2 * depth
+    left = [k + 1 if k % 2 == 0 and k < 2 * depth else -1 for k in range(nodes)]
+    right = [k + 2 if k % 2 == 0 and k < 2 * depth else -1 for k in range(nodes)]
+    parents = [2147483647] + [k - 1 if k % 2 else k - 2 for k in range(1, nodes)]
+    conditions = [float(k // 2) if k % 2 == 0 and k < 2 * depth else 0.001 for k in range(nodes)]
+    tree = {
+        "base_weights": [0.0] * nodes, "categories": [], "categories_nodes": [], "categories_segments": [],
+        "categories_sizes": [], "default_left": [0] * nodes, "left_children": left, "loss_changes": [0.0] * nodes,
+        "parents": parents, "right_children": right, "split_conditions": conditions, "split_indices": [0] * nodes,
+        "split_type": [0] * nodes, "sum_hessian": [1.0] * nodes,
+        "tree_param": {"num_deleted": "0", "num_feature": "6", "num_nodes": str(nodes), "size_leaf_vector": "1"},
+    }
+    model = template["learner"]["gradient_booster"]["model"]
+    model["trees"] = [{**tree, "id": number} for number in range(trees)]
+    model["tree_info"] = [0] * trees
+    model["iteration_indptr"] = list(range(trees + 1))
+    model["gbtree_model_param"]["num_trees"] = str(trees)
+    return json.dumps(template).encode()

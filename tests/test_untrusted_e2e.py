@@ -186,3 +186,26 @@ def test_an_object_larger_than_any_artifact_within_the_limits_is_refused_unread(
     assert os.listdir(tmp_path / "cache" / "partial") == []
     assert call(server, "huge.tar.gz").status_code == 424  # remembered: not fetched again
     assert prefix.gets("huge.tar.gz") == 1
+
+
+def test_a_deep_model_predicts_its_batches_off_the_loop_so_ping_stays_quick(prefix, start_server):
+    import threading
+
+    from artifacts import chain_model
+
+    prefix.put("deep.tar.gz", tar_bytes({"xgboost-model": chain_model(10, 5000)}))  # 50,010 node visits a row
+    server = start_server()
+    assert call(server, "deep.tar.gz", b"0,0,0,0,0,0\n").status_code == 200  # loaded (and checked)
+    body = b"1e9,0,0,0,0,0\n" * 4096  # 24 KiB, every row down every chain: about 200 million visits
+    replies = []
+    batch = threading.Thread(target=lambda: replies.append(call(server, "deep.tar.gz", body)))
+    batch.start()
+    pings = []
+    while batch.is_alive():
+        started = time.monotonic()
+        assert httpx.get(server.url + "/ping", timeout=10).status_code == 200
+        pings.append(time.monotonic() - started)
+    batch.join()
+    assert replies[0].status_code == 200 and len(replies[0].json()) == 4096
+    assert len(pings) >= 5, pings  # the batch took long enough to be measured against
+    assert max(pings) < 0.1, sorted(pings)[-3:]

@@ -31,6 +31,8 @@ from .model_file import ModelFile
 
 RTOL = 1e-5  # float32 rounding of sums taken in another order, and of exp/sigmoid in double
 MAX_LEAF_ROWS = 2048
+MAX_PATH_STEPS = 64  # splits a leaf row follows, nearest the leaf first: deeper paths are followed in part
+MAX_WALK_NODES = 200_000  # nodes walked to find leaves, whatever the model's size
 MAX_PROBE_VALUES = 400_000  # rows x outputs per prediction: a model with 100,000 classes is probed on 4 rows
 # Objectives whose answer is a class or a sign: compared through their margins, where a
 # rounding difference cannot flip the answer.
@@ -72,7 +74,8 @@ def check_agreement(
     learner = model["learner"]
     objective = learner["objective"]["name"]
     rows = probe_rows(model, booster.num_features())
-    rows = rows[: max(1, MAX_PROBE_VALUES // model_file.outputs(learner["learner_model_param"]))]
+    outputs = model_file.outputs(learner["learner_model_param"])
+    rows = rows[: max(1, MAX_PROBE_VALUES // outputs)]
     linear = learner["gradient_booster"]["name"] == "gblinear"
     try:
         reference = None if linear else second_reading(source)
@@ -101,7 +104,7 @@ def check_agreement(
     everything = np.arange(len(rows))
     answers = {"margins": ("margins", everything, _margins(booster, rows, linear))}
     if "dense" in expected:
-        answers.update(_answers(predict, rows, max_rows))
+        answers.update(_answers(predict, rows, max_rows, outputs))
     if objective in DISCRETE_OBJECTIVES and "dense" in expected:
         margins = treelite.gtil.predict(reference, sparse_rows, nthread=1, pred_margin=True)
         expected["dense"], clear = _decided(objective, expected["margins"])
@@ -132,7 +135,7 @@ def _decided(objective: str, margins: np.ndarray):
     return margins.argmax(axis=1).astype(np.float64).reshape(-1, 1), (top[:, -1] - top[:, -2] > slack).reshape(-1, 1)
 
 
-def _answers(predict: Callable, rows: np.ndarray, max_rows: int) -> dict:
+def _answers(predict: Callable, rows: np.ndarray, max_rows: int, outputs: int) -> dict:
     """The server's answers to ``rows`` in each shape it predicts in."""
     def stacked(parts):
         return np.concatenate([np.asarray(part).reshape(len(part), -1) for part in parts])
@@ -142,14 +145,16 @@ def _answers(predict: Callable, rows: np.ndarray, max_rows: int) -> dict:
     count = len(rows)
     # one batch larger than the small-batch path takes: the rows themselves if there are enough
     large = np.tile(np.arange(count), max_rows // count + 1 if count <= max_rows else 1)
-    return {  # shape: (which expected answers, the rows asked about, the server's answer)
+    answers = {  # shape: (which expected answers, the rows asked about, the server's answer)
         "single rows": ("dense", np.arange(min(8, count)), stacked(predict(rows[i : i + 1]) for i in range(min(8, count)))),
         f"batches of {max_rows} rows": (
             "dense", np.arange(count), stacked(predict(rows[i : i + max_rows]) for i in range(0, count, max_rows))
         ),
-        "one large batch": ("dense", large, predict(rows[large])),
-        "one large sparse batch": ("sparse", large, predict(sparse[large])),
     }
+    if len(large) * outputs <= MAX_PROBE_VALUES:  # a model of 100,000 classes answers 4 rows, no large batch
+        answers["one large batch"] = ("dense", large, predict(rows[large]))
+        answers["one large sparse batch"] = ("sparse", large, predict(sparse[large]))
+    return answers
 
 
 def _margins(booster, rows: np.ndarray, linear: bool) -> np.ndarray:
@@ -192,25 +197,34 @@ def probe_rows(model: dict, num_features: int) -> np.ndarray:
 
 
 def _leaf_rows(trees: List[dict], num_features: int) -> np.ndarray:
-    """One row per leaf (up to ``MAX_LEAF_ROWS``), its features set to go down that leaf's path."""
-    paths = []  # per leaf: [(feature, low, high)] with low <= x < high along its path
+    """One row per leaf (up to ``MAX_LEAF_ROWS``), its features set to go down that leaf's path.
+
+    A path is kept as links to its parent's, so a walk costs one step a node however deep the tree; a leaf's
+    row follows the ``MAX_PATH_STEPS`` splits nearest to it, and at most ``MAX_WALK_NODES`` nodes are walked.
+    """
+    paths, walked = [], 0  # per leaf: [(feature, low, high)] with low <= x < high along its path
     for tree in trees:
         left, right = tree["left_children"], tree["right_children"]
         split, conditions = tree["split_indices"], tree["split_conditions"]
         categorical = tree.get("split_type") or [0] * len(left)
-        pending = [(0, ())]
-        while pending and len(paths) < MAX_LEAF_ROWS:
+        pending = [(0, None)]  # (node, its path: (feature, low, high, the parent's path) or None)
+        while pending and len(paths) < MAX_LEAF_ROWS and walked < MAX_WALK_NODES:
             node, path = pending.pop()
+            walked += 1
             if left[node] == -1:
-                paths.append(path)
+                steps = []
+                while path is not None and len(steps) < MAX_PATH_STEPS:
+                    steps.append(path[:3])
+                    path = path[3]
+                paths.append(steps)
                 continue
             if categorical[node]:  # left free: the threshold probe covers its categories
                 pending += [(left[node], path), (right[node], path)]
                 continue
             # x < threshold goes left, else right (NaN: the default side, covered by the threshold probe)
             threshold = conditions[node]
-            pending.append((left[node], path + ((split[node], -np.inf, threshold),)))
-            pending.append((right[node], path + ((split[node], threshold, np.inf),)))
+            pending.append((left[node], (split[node], -np.inf, threshold, path)))
+            pending.append((right[node], (split[node], threshold, np.inf, path)))
     low = np.full((len(paths), num_features), -np.inf, dtype=np.float32)
     high = np.full((len(paths), num_features), np.inf, dtype=np.float32)
     steps = [(number, *step) for number, path in enumerate(paths) for step in path]

@@ -11,7 +11,7 @@ import functools
 import json
 import os
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import treelite
@@ -115,11 +115,11 @@ def check_model_file(path: str, allow_pickle: bool) -> dict:
     own_values = source.kind in ("json", "legacy-binary")
     if own_values:  # the file's own values, checked before XGBoost's parser (which trusts them) reads them
         model = json.loads(source.model)
-        _check_structure(model)
+        visits = _check_structure(model)
     booster = source.booster()
     if not own_values:  # UBJSON or a pickle: checked as XGBoost read them
         model = json.loads(bytes(booster.save_raw("json")))
-        _check_structure(model)
+        visits = _check_structure(model)
     width = booster.num_features()
     booster.set_param({"nthread": 1})
     batch = batch_predictor(booster)
@@ -128,62 +128,72 @@ def check_model_file(path: str, allow_pickle: bool) -> dict:
     gtil = _gtil_for(booster, path, 1, model)  # as the server's load does next: Treelite's parsing included
     predictor = functools.partial(_predict, batch, gtil, width, outputs_per_row(booster))
     second = crosscheck.check_agreement(source, model, own_values, booster, predictor, GTIL_MAX_ROWS)
-    return {"format": source.kind, "saved_by": source.saved_by, "compared_with": second, "gtil": gtil is not None}
+    return {
+        "format": source.kind, "saved_by": source.saved_by, "compared_with": second, "gtil": gtil is not None,
+        "visits_per_row": visits,
+    }
 
 
-def _check_structure(model: dict) -> None:
+def _check_structure(model: dict) -> int:
+    """Raise BrokenModel unless the trees are well-formed; the most nodes one row can visit."""
     learner = model["learner"]
     num_feature = int(learner["learner_model_param"]["num_feature"])
     outputs = model_file.outputs(learner["learner_model_param"])
     trees = model_file.trees(model)
     if not trees:
-        return  # gblinear: a weight vector, no trees to walk
+        return num_feature * outputs  # gblinear: a weight per feature and output
     tree_info = model_file.tree_model(model)["tree_info"]
     if len(tree_info) != len(trees) or any(not 0 <= group < outputs for group in tree_info):
         raise BrokenModel("the model's tree groups do not match its outputs")
+    visits = 0
     for number, tree in enumerate(trees):
-        problem = _tree_problem(tree, num_feature, outputs)
+        problem, depth = _tree_problem(tree, num_feature, outputs)
         if problem:
             raise BrokenModel(f"tree {number} of the model is malformed: {problem}")
+        visits += depth
+    return visits
 
 
-def _tree_problem(tree: dict, num_feature: int, outputs: int) -> str:
+def _tree_problem(tree: dict, num_feature: int, outputs: int) -> Tuple[str, int]:
+    """What is wrong with a tree ('' if nothing), and the nodes on its longest path."""
     size = int(tree["tree_param"]["num_nodes"])
     leaf_size = max(1, int(tree["tree_param"].get("size_leaf_vector", 0)))
     left, right, split = tree["left_children"], tree["right_children"], tree["split_indices"]
     if size < 1 or not len(left) == len(right) == len(split) == len(tree["split_conditions"]) == size:
-        return "its node arrays do not match its node count"
+        return "its node arrays do not match its node count", 0
     if leaf_size not in (1, outputs) or len(tree.get("base_weights", ())) != size * leaf_size:
-        return f"its leaves hold {leaf_size} values, for {outputs} outputs and {size} nodes"
+        return f"its leaves hold {leaf_size} values, for {outputs} outputs and {size} nodes", 0
     # XGBoost 3.2's vector leaves: a leaf's right child is its row in leaf_weights
     leaf_rows = len(tree.get("leaf_weights", ())) // leaf_size if leaf_size > 1 else 0
     if leaf_size > 1 and leaf_rows * leaf_size != len(tree.get("leaf_weights", ())):
-        return "its leaf weights do not fill whole leaves"
-    seen, pending = set(), [0]
+        return "its leaf weights do not fill whole leaves", 0
+    seen, pending, deepest = set(), [(0, 1)], 1
     while pending:
-        node = pending.pop()
+        node, depth = pending.pop()
         if node in seen:
-            return f"node {node} is reached twice"
+            return f"node {node} is reached twice", 0
         seen.add(node)
+        deepest = max(deepest, depth)
         if left[node] == -1 and (right[node] == -1 or (leaf_size > 1 and 0 <= right[node] < leaf_rows)):
             continue
         for child in (left[node], right[node]):
             if not 0 < child < size:
-                return f"node {node} has a child {child} outside the tree"
-            pending.append(child)
+                return f"node {node} has a child {child} outside the tree", 0
+            pending.append((child, depth + 1))
         if not 0 <= split[node] < num_feature:
-            return f"node {node} splits on feature {split[node]} of {num_feature}"
+            return f"node {node} splits on feature {split[node]} of {num_feature}", 0
     if any(kind != 0 for kind in tree.get("split_type", [])):
         categories, starts, sizes = tree["categories"], tree["categories_segments"], tree["categories_sizes"]
         if any(start < 0 or count < 0 or start + count > len(categories) for start, count in zip(starts, sizes)):
-            return "its categorical splits point outside their categories"
+            return "its categorical splits point outside their categories", 0
         if any(not 0 <= node < size for node in tree["categories_nodes"]):
-            return "its categorical splits name nodes outside the tree"
+            return "its categorical splits name nodes outside the tree", 0
         # XGBoost keeps a bit per category up to the largest a split names: 2**28 took 32 MiB a split
         outside = [category for category in categories if not 0 <= category < MAX_CATEGORY]
         if outside:
-            return f"a categorical split names category {outside[0]}; XGBoost's categories are 0 ... {MAX_CATEGORY - 1}"
-    return ""
+            bounds = f"XGBoost's categories are 0 ... {MAX_CATEGORY - 1}"
+            return f"a categorical split names category {outside[0]}; {bounds}", 0
+    return "", deepest
 
 
 def _predict(
@@ -213,8 +223,9 @@ class XGBoostModel(MLModel):
     """Serves one XGBoost booster, through V2 and through the SageMaker router.
 
     ``parameters.uri`` is the unpacked artifact's folder; ``parameters.extra`` may
-    hold ``allow_pickle`` (bool), ``nthread`` (int) and ``gtil_exact`` (bool: whether the artifact's
-    check found GTIL exact on this file; absent when no check result is at hand).
+    hold ``allow_pickle`` (bool), ``nthread`` (int), and what the artifact's check found, when at hand:
+    ``gtil_exact`` (bool: GTIL is exact on this file) and ``visits_per_row`` (int: the most tree nodes
+    one row can visit, which says how long a batch takes).
     """
 
     _booster: Optional[xgb.Booster] = None
@@ -234,6 +245,12 @@ class XGBoostModel(MLModel):
         self._outputs = outputs_per_row(self._booster)
         self._gtil = await in_loads(_gtil_for, self._booster, path, nthread, None, options.get("gtil_exact"))
         return True
+
+    @property
+    def visits_per_row(self) -> Optional[int]:
+        """The most tree nodes one row can visit (the check's count), None when unknown."""
+        visits = (self.settings.parameters.extra or {}).get("visits_per_row") if self.settings.parameters else None
+        return visits if isinstance(visits, int) else None
 
     @property
     def values_per_row(self) -> int:
