@@ -13,6 +13,11 @@ MATRIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "x
 LIMITS = isolation.Limits(memory_bytes=2 << 30, cpu_seconds=30, wall_seconds=60)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _preloaded_checks():
+    isolation.start([check_model_file.__module__])  # children fork with XGBoost imported, as in the server
+
+
 def _model(name: str) -> dict:
     return json.load(open(os.path.join(MATRIX, name)))
 
@@ -58,3 +63,60 @@ def test_the_largest_category_xgboost_allows_is_served(tmp_path):
         _checked(tmp_path, model)
     except isolation.IsolatedFailure as failure:  # refused only by the second reading, never by the bound
         assert "categories are 0" not in failure.message
+
+
+MUTABLE = ("left_children", "right_children", "split_indices", "split_conditions", "base_weights", "default_left",
+           "categories", "categories_nodes", "categories_segments", "categories_sizes", "split_type", "leaf_weights")
+
+
+def _mutated(model: dict, rng) -> dict:
+    """A copy with one tree field changed as an attacker would: a value out of range, a list cut or grown,
+    or a count that no longer matches."""
+    tree = rng.choice(model["learner"]["gradient_booster"]["model"]["trees"])
+    field = rng.choice([name for name in MUTABLE if tree.get(name)] + ["num_nodes", "size_leaf_vector"])
+    if field in ("num_nodes", "size_leaf_vector"):
+        tree["tree_param"][field] = str(int(tree["tree_param"][field]) + rng.choice([-1, 1, 2, 1000]))
+        return model
+    values, position = tree[field], rng.randrange(len(tree[field]))
+    change = rng.choice(["huge", "negative", "cut", "grow", "swap"])
+    if change == "huge":
+        values[position] = 2**31 - 1 if isinstance(values[position], int) else 3e38
+    elif change == "negative":
+        values[position] = -2 if isinstance(values[position], int) else -3e38
+    elif change == "cut":
+        del values[position:]
+    elif change == "grow":
+        values.extend(values[: rng.randrange(1, 4)])
+    else:
+        values[position], values[-1] = values[-1], values[position]
+    return model
+
+
+@pytest.mark.parametrize("name", ["reg_squarederror.json", "reg_squarederror_categorical.json",
+                                  "reg_squarederror_multi_output_tree.json", "multi_softprob.json"])
+def test_mutated_models_are_refused_or_answer_what_a_second_reading_does(tmp_path, name):
+    import copy
+    import random
+
+    import numpy as np
+
+    from mlserver_mme.runtimes.xgboost import load_booster
+
+    rng = random.Random(name)
+    original = _model(name)
+    outcomes = {"refused": 0, "served": 0}
+    for _ in range(12):
+        model = _mutated(copy.deepcopy(original), rng)
+        try:
+            _checked(tmp_path, model)  # a crash, a limit or a refusal is an IsolatedFailure: the caller lives on
+        except isolation.IsolatedFailure:
+            outcomes["refused"] += 1
+            continue
+        # passed the check: the server's own load and a batch of every kind of row must not crash this process,
+        # and the check has compared its answers with Treelite's reading already
+        booster = load_booster(str(tmp_path / "xgboost-model"), allow_pickle=False, nthread=1)
+        rows = np.random.default_rng(0).normal(0, 3, (5000, 6)).astype(np.float32)
+        rows[::7, ::2] = np.nan
+        assert booster.inplace_predict(rows).shape[0] == len(rows)
+        outcomes["served"] += 1
+    assert outcomes["refused"] >= 1, outcomes  # the mutations do reach the checks
