@@ -14,7 +14,6 @@ models (see ``mlserver_internals.is_startup_listing``); later listings add every
 artifact under the prefix, by V2 name.
 """
 
-import asyncio
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ from .cache import ArtifactCache
 from .config import comma_list, load_settings, preload_targets
 from .declared_settings import OWN_SETTINGS, XGBOOST_RUNTIME, read_declared
 from .errors import BrokenModel, StorageUnavailable
+from .fair_slots import FairSlots, tenant_of
 from .memory import parse_size, total_memory
 from .metrics import metrics
 from .naming import NotATargetPath, target_of, v2_name
@@ -53,7 +53,8 @@ class MMERepository(SchemalessModelRepository):
             memory = min(memory, parse_size(self.settings.memory_limit, total_memory()))
         seconds = self.settings.validation_seconds
         self.check_limits = isolation.Limits(memory_bytes=memory, cpu_seconds=seconds, wall_seconds=2.0 * seconds)
-        self._check_slots = asyncio.Semaphore(os.cpu_count() or 1)  # each check may take its memory limit
+        # each check may take its memory limit; tenants (top-level folders) take turns for the slots
+        self._check_slots = FairSlots(os.cpu_count() or 1)
         # The fork server imports, once and in the background, the XGBoost check and what the main
         # script imports: each check child runs `mlserver`'s script again (Python before 3.13 ignores
         # "__main__" in a fork server's preload list, CPython issue 126631), so it must find
@@ -118,7 +119,7 @@ class MMERepository(SchemalessModelRepository):
         slow ones hold no thread that downloads and loads need. Returns what the check found,
         which the load then need not find again (``settings_for_folder``).
         """
-        async with self._check_slots:
+        async with self._check_slots.slot(tenant_of(target)):
             return await in_io(self._check_folder, target, folder)
 
     def _check_folder(self, target: str, folder: str) -> dict:
