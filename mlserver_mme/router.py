@@ -48,7 +48,7 @@ from .hosting import HostingRoutes, hosting_error
 from .lifecycle import ModelLifecycle
 from .lifecycle.v2 import V2Gate
 from .model_metrics import OTHER, model_metrics
-from .naming import NotATargetPath, target_of, validate_target
+from .naming import NotATargetPath, target_of, v2_name, validate_target
 from .offload import BatchPool, is_batch, is_big_answer, is_costly
 from .payloads import Features, decode, encode, negotiate
 from .repository import MMERepository
@@ -162,6 +162,10 @@ class SageMakerMiddleware:
         kept = [(name, value) for name, value in start.get("headers", []) if name != b"content-length"]
         await respond(send, start["status"], body, kept)
 
+    def _known(self, target: Optional[str]) -> bool:
+        """Whether ``target``'s model is the lifecycle's now (loading, loaded or unloading)."""
+        return target is not None and self.lifecycle.models.get(v2_name(target)) is not None
+
     def _is_admin(self, scope) -> bool:
         presented = dict(scope["headers"]).get(b"authorization", b"")
         return hmac.compare_digest(presented, b"Bearer " + self.admin_token)
@@ -172,6 +176,7 @@ class SageMakerMiddleware:
         answer_error = error_response if hosted_model is None else hosting_error
         started = time.perf_counter()
         model, code = hosted_model, "200"  # for the per-model metrics
+        found = hosted_model is not None  # a target takes a label value only once its model is found
         try:
             if sum(len(name) + len(value) for name, value in scope["headers"]) > self.settings.max_header_bytes:
                 raise RequestTooLarge(f"The request headers are larger than {self.settings.max_header_bytes} bytes.")
@@ -212,6 +217,7 @@ class SageMakerMiddleware:
             else:
                 # The hosting contract names the model in the path (SageMaker forwards TargetModel as is).
                 entry = self.lifecycle.hosted.acquire(hosted_model)
+            found = True
             try:
                 ours = isinstance(entry.model, XGBoostModel)
                 rows = features.shape[0]
@@ -238,8 +244,8 @@ class SageMakerMiddleware:
             )
         except MMEError as error:
             code = error.sagemaker_code
-            if isinstance(error, ArtifactNotFound):
-                model = OTHER  # names of missing models never take a label value of their own
+            if isinstance(error, ArtifactNotFound) or not (found or self._known(model)):
+                model = OTHER  # made-up names (a bad body fails before the lookup) never take a label value
             await answer_error(send, error, request_id)
         except Exception:
             code = MMEError.sagemaker_code

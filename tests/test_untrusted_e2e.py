@@ -209,3 +209,18 @@ def test_a_deep_model_predicts_its_batches_off_the_loop_so_ping_stays_quick(pref
     assert replies[0].status_code == 200 and len(replies[0].json()) == 4096
     assert len(pings) >= 5, pings  # the batch took long enough to be measured against
     assert max(pings) < 0.1, sorted(pings)[-3:]
+
+
+def test_made_up_targets_with_unreadable_bodies_take_no_metric_label(prefix, start_server):
+    from test_stress_e2e import metrics_text
+
+    prefix.put("Houston_TX.tar.gz", example_bytes("Houston_TX.tar.gz"))
+    server = start_server()
+    for number in range(30):
+        assert call(server, f"made-up-{number}.tar.gz", b"not,numbers\n").status_code == 424
+    assert call(server, "Houston_TX.tar.gz").json() == HOUSTON
+    assert call(server, "Houston_TX.tar.gz", b"not,numbers\n").status_code == 424  # a found model: its own label
+    text = metrics_text(server)
+    assert "made-up" not in text
+    assert 'mme_model_errors_total{code="ModelError",model="other"} 30.0' in text
+    assert 'mme_model_errors_total{code="ModelError",model="Houston_TX.tar.gz"} 1.0' in text
