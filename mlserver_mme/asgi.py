@@ -1,9 +1,12 @@
 """Reading requests and sending responses at the ASGI level, for the routes answered before FastAPI."""
 
+import asyncio
 import json
 from typing import Optional
 
-from .errors import BadPayload, RequestTooLarge
+from .errors import BadPayload, BodyTimeout, RequestTooLarge
+
+BODY_SECONDS = 30.0  # MLSERVER_MME_BODY_TIMEOUT's default
 
 
 def header(headers: dict, name: bytes) -> Optional[str]:
@@ -12,11 +15,23 @@ def header(headers: dict, name: bytes) -> Optional[str]:
     return value.decode("latin-1") if value is not None else None
 
 
-async def read_body(receive, headers: dict, limit: int) -> bytes:
-    """The request body, refused as soon as it is known to exceed ``limit`` (never read past it)."""
+async def read_body(receive, headers: dict, limit: int, seconds: float = BODY_SECONDS) -> bytes:
+    """The request body, refused as soon as it is known to exceed ``limit`` (never read past it),
+    or BodyTimeout if it has not all arrived within ``seconds`` (a stalled client holds nothing then)."""
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
+    try:
+        return await asyncio.wait_for(_read(receive, limit), seconds)
+    except asyncio.TimeoutError:
+        raise BodyTimeout(f"The request body did not arrive within {seconds:g} s.") from None
+
+
+def headers_too_large(scope, limit: int) -> bool:
+    return sum(len(name) + len(value) for name, value in scope["headers"]) > limit
+
+
+async def _read(receive, limit: int) -> bytes:
     chunks, size = [], 0
     while True:
         message = await receive()

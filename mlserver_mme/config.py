@@ -71,7 +71,10 @@ class MMESettings(BaseSettings):
     """Largest request body of a SageMaker invocation (SageMaker: 6 MB); larger ones are refused unread."""
 
     max_header_bytes: int = 16 * 1024
-    """Largest total size of an invocation's headers."""
+    """Largest total size of a request's headers, on the SageMaker and the V2 routes."""
+
+    body_timeout: float = 30.0
+    """Seconds a request body may take to arrive in full; a slower one is answered 408 and dropped."""
 
     sigv4_keys: str = ""
     """``ACCESS_KEY_ID:SECRET`` pairs separated by commas: when set (here or in ``sigv4_keys_file``),

@@ -94,6 +94,12 @@ class ModelTooLarge(MMEError):
     sagemaker_code, sagemaker_status, v2_status, original_status = "ModelError", 424, 507, 507
 
 
+class BodyTimeout(MMEError):
+    """The request body did not arrive within its deadline; what came of it is dropped."""
+
+    sagemaker_code, sagemaker_status, v2_status = "ValidationError", 408, 408
+
+
 class RequestTooLarge(MMEError):
     """The body or headers exceed the configured limits; the body is not read past the limit."""
 

@@ -30,7 +30,7 @@ from mlserver.codecs import NumpyRequestCodec
 from mlserver.errors import MLServerError
 
 from . import mlserver_internals
-from .asgi import header, read_body, respond, respond_json
+from .asgi import header, headers_too_large, read_body, respond, respond_json
 from .config import MMESettings, comma_list, sigv4_keys
 from .errors import (
     ArtifactNotFound,
@@ -178,10 +178,10 @@ class SageMakerMiddleware:
         model, code = hosted_model, "200"  # for the per-model metrics
         found = hosted_model is not None  # a target takes a label value only once its model is found
         try:
-            if sum(len(name) + len(value) for name, value in scope["headers"]) > self.settings.max_header_bytes:
+            if headers_too_large(scope, self.settings.max_header_bytes):
                 raise RequestTooLarge(f"The request headers are larger than {self.settings.max_header_bytes} bytes.")
             headers = dict(scope["headers"])
-            body = await read_body(receive, headers, self.settings.max_payload_bytes)
+            body = await read_body(receive, headers, self.settings.max_payload_bytes, self.settings.body_timeout)
             if self.verifier is not None and hosted_model is None:
                 # Before anything else: nothing is fetched or loaded for an unsigned request.
                 # (SageMaker's own calls of the hosting contract are not signed.)

@@ -40,7 +40,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 import orjson
 
-from .asgi import read_body, respond, respond_json
+from .asgi import headers_too_large, read_body, respond, respond_json
 from .config import MMESettings
 from .errors import MMEError, RequestTooLarge
 from .offload import BatchPool, is_batch
@@ -295,18 +295,22 @@ class V2CompatMiddleware:
     def __init__(self, app, settings: MMESettings):
         self.app = app
         self.body_limit = settings.max_payload_bytes
+        self.header_limit = settings.max_header_bytes
+        self.body_seconds = settings.body_timeout
         self.pool = BatchPool()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         send = _retry_after_on_503(send)
+        if headers_too_large(scope, self.header_limit):
+            return await _error(send, 431, f"The request headers are larger than {self.header_limit} bytes.")
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         try:
-            # MLServer reads whole bodies, and inflates compressed ones, without a bound: both are bounded here.
-            body = await read_body(receive, headers, self.body_limit)
+            # MLServer reads whole bodies, and inflates compressed ones, without a bound or a deadline: both here.
+            body = await read_body(receive, headers, self.body_limit, self.body_seconds)
             if b"content-encoding" in headers:
                 body = inflated(body, headers[b"content-encoding"], self.body_limit)
                 scope = _with_body_length(scope, body)

@@ -224,3 +224,39 @@ def test_made_up_targets_with_unreadable_bodies_take_no_metric_label(prefix, sta
     assert "made-up" not in text
     assert 'mme_model_errors_total{code="ModelError",model="other"} 30.0' in text
     assert 'mme_model_errors_total{code="ModelError",model="Houston_TX.tar.gz"} 1.0' in text
+
+
+def _stalled(server, path: str, headers: str = "") -> bytes:
+    """A request whose body stops one byte short of its Content-Length; what the server answers."""
+    import socket
+    from urllib.parse import urlparse
+
+    address = urlparse(server.url)
+    with socket.create_connection((address.hostname, address.port), timeout=20) as connection:
+        connection.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: 100\r\n{headers}\r\n".encode()
+            + b"1" * 99
+        )
+        return connection.recv(65536)
+
+
+def test_a_body_that_stops_arriving_is_answered_408_on_every_route(prefix, start_server):
+    server = start_server(body_timeout=1)
+    started = time.monotonic()
+    sagemaker = _stalled(server, "/invocations", "X-Amzn-SageMaker-Target-Model: m.tar.gz\r\n")
+    v2 = _stalled(server, "/v2/models/m/infer")
+    assert sagemaker.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in sagemaker, sagemaker[:300]
+    assert v2.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in v2, v2[:300]
+    assert time.monotonic() - started < 10
+    assert httpx.get(server.url + "/ping").status_code == 200
+
+
+def test_headers_over_the_limit_are_refused_on_v2_routes_too(prefix, start_server):
+    server = start_server()
+    big = {"X-Padding": "x" * 20_000}
+    for path in ("/v2/models/m/infer", "/v2/health/ready", "/v2/repository/index"):
+        reply = httpx.post(server.url + path, headers=big, json={}) if "health" not in path else httpx.get(
+            server.url + path, headers=big
+        )
+        assert reply.status_code == 431, (path, reply.text)
+        assert "headers are larger than 16384 bytes" in reply.json()["error"]
