@@ -114,6 +114,12 @@ def check_ms(log, targets):
     return [float(found[target]) for target in targets if target in found]
 
 
+def warm_checks(log, targets):
+    """How many of ``targets``' checks ran in a spare child warmed up in advance (``warm=yes``)."""
+    found = dict(re.findall(r"event=check model=(\S+) check_ms=\S+ warm=(\w+)", log))
+    return sum(found.get(target) == "yes" for target in targets)
+
+
 def table(rows):
     lines = ["| ms | n | median | p90 |", "|---|---:|---:|---:|"]
     for label, values in rows:
@@ -137,6 +143,7 @@ def main():
         memory = startup_memory(server.process.pid)
         floor, cold = cold_pairs(s3, server, targets, args.round)
         checks = check_ms(server.log(), targets)
+        warm = warm_checks(server.log(), targets)
     print(f"package {package}, {os.cpu_count()} cores\n")
     print(table([
         ("floor (GET + unpack + load + predict in one process)", [floor[t] for t in targets]),
@@ -144,7 +151,8 @@ def main():
         ("server minus floor (same model)", [cold[t] - floor[t] for t in targets]),
         ("check_ms (server log)", checks),
     ]))
-    print(f"\nafter start-up: {memory}")
+    print(f"\nchecks in a spare child warmed up in advance: {warm} of {len(checks)}")
+    print(f"after start-up: {memory}")
 
 
 if __name__ == "__main__":

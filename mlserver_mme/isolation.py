@@ -20,6 +20,15 @@ Children are forked from multiprocessing's fork server, a single-threaded
 process that imported the check's modules (and so XGBoost) once: a child costs
 a fork, not an interpreter start, and never inherits the server's threads or
 OpenMP state (forking the multi-threaded server itself could deadlock).
+
+A check is still cheaper in a child forked in advance: the **spare** children
+(``start(spares=...)``) are forked, confined, warmed up (``warm_up``: XGBoost
+starts its threads and sets up its predictor on a first model) and limited
+before any artifact exists, then wait for one check each. Each serves a single
+check and exits, as a freshly forked child does, and is replaced in the
+background. A check whose limits differ from the spares', or that finds no
+spare ready, forks a child of its own. Spares are forked by the fork server, so
+``memory.py`` leaves them out of the server's memory, like the fork server.
 """
 
 import errno
@@ -31,10 +40,12 @@ import os
 import resource
 import shutil
 import signal
+import atexit
+import math
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, List, Optional
 
 from .errors import describe
 
@@ -59,14 +70,24 @@ MAX_ANSWER_BYTES = 64 * 1024
 _context = multiprocessing.get_context("forkserver")
 
 
-def start(preload: list) -> None:
-    """Start the fork server with ``preload`` imported, in the background, so checks pay no start-up.
+def start(preload: list, limits: Optional[Limits] = None, warm_up: Optional[Callable[[], Any]] = None,
+          spares: int = 0) -> None:
+    """Start the fork server with ``preload`` imported, and ``spares`` children, in the background.
 
     ``"__main__"`` in ``preload`` imports the main script once in the fork server;
-    without it every child would import it again.
+    without it every child would import it again. Spare children are limited by
+    ``limits`` and run ``warm_up`` (importable, as a check is) before they wait.
     """
+    global _spares
     _context.set_forkserver_preload([*preload, __name__])  # children then import nothing from disk
-    threading.Thread(target=_warm_up, name="isolation-warm-up", daemon=True).start()
+    if _spares is not None:  # started again (a second repository in one process): the old spares go
+        _spares.close()
+        _spares = None
+    if spares and limits is not None:
+        _spares = _SpareChildren(limits, warm_up, spares)
+        _spares.refill()
+    else:
+        threading.Thread(target=_warm_up, name="isolation-warm-up", daemon=True).start()
 
 
 def run(check: Callable[..., Any], *args, limits: Limits) -> Any:
@@ -75,11 +96,27 @@ def run(check: Callable[..., Any], *args, limits: Limits) -> Any:
     ``check`` must be importable (it is pickled by reference), return a JSON
     value and raise an exception whose message says what is wrong with the input.
     """
+    spare = _spares.take(limits) if _spares is not None else None
+    if spare is not None:
+        try:
+            spare.tasks.send((check, args))
+            spare.tasks.close()
+        except OSError:  # it died after saying it was ready: not the input's fault, a child of its own checks it
+            spare.discard()
+        else:
+            return _finish(spare.answers, spare.process, limits, spare.workdir)
+        finally:  # after the check: the next spare's fork and warm-up do not compete with it for the CPU
+            _spares.refill()
     receiver, sender = _context.Pipe(duplex=False)
     workdir = tempfile.mkdtemp(prefix="mme-check-")
     process = _context.Process(target=_child, args=(sender, limits, workdir, check, args), daemon=True)
     process.start()
     sender.close()
+    return _finish(receiver, process, limits, workdir)
+
+
+def _finish(receiver, process, limits: Limits, workdir: str) -> Any:
+    """The answer of a child given its check, once it answers, dies or runs out of time."""
     try:
         ok, value = _answer(receiver, process, limits)
     except IsolatedFailure:
@@ -123,8 +160,31 @@ def _child(sender, limits: Limits, workdir: str, check: Callable[..., Any], args
     # The objects inherited from the fork server are never garbage: without this, the first collection
     # walks them all, copying every page they sit on (100 ms seen in one np.array call).
     gc.freeze()
-    _confine(sender.fileno(), workdir)
+    _confine((sender.fileno(),), workdir)
     _limit_self(limits)
+    _check_and_answer(sender, limits, check, args)
+
+
+def _spare_child(tasks, answers, limits: Limits, workdir: str, warm_up: Optional[Callable[[], Any]]) -> None:
+    gc.freeze()
+    # Confined before warming up: the seccomp filter must be in place before XGBoost starts threads,
+    # which inherit it (a filter covers the thread that loads it and the threads it starts later).
+    _confine((tasks.fileno(), answers.fileno()), workdir)
+    if warm_up is not None:
+        warm_up()
+        gc.collect()
+        gc.freeze()
+    _limit_self(limits)
+    answers.send_bytes(READY)
+    try:
+        check, args = tasks.recv()  # pickled by the server: trusted
+    except EOFError:  # discarded unused, or the server is gone
+        return
+    tasks.close()
+    _check_and_answer(answers, limits, check, args)
+
+
+def _check_and_answer(sender, limits: Limits, check: Callable[..., Any], args: tuple) -> None:
     try:
         answer = (True, check(*args))
     except MemoryError:
@@ -140,7 +200,9 @@ def _limit_self(limits: Limits) -> None:
     with open("/proc/self/statm") as statm:
         address_space = int(statm.read().split()[0]) * page
     resource.setrlimit(resource.RLIMIT_AS, (address_space + limits.memory_bytes,) * 2)
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
+    used = resource.getrusage(resource.RUSAGE_SELF)  # a spare's warm-up is not the check's time
+    seconds = math.ceil(used.ru_utime + used.ru_stime) + limits.cpu_seconds
+    resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write fails with EFBIG instead of killing
@@ -158,7 +220,7 @@ _DENIED_SYSCALLS = (
 _WRITING_FLAGS = (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC, os.O_APPEND)
 
 
-def _confine(keep_fd: int, workdir: str) -> None:
+def _confine(keep_fds: tuple, workdir: str) -> None:
     """Leave the child nothing to reach the server, its secrets or other files with."""
     os.chdir(workdir)
     os.environ.clear()
@@ -166,7 +228,7 @@ def _confine(keep_fd: int, workdir: str) -> None:
     for standard in (0, 1, 2):
         os.dup2(null, standard)
     for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
-        if fd > 2 and fd != keep_fd:
+        if fd > 2 and fd not in keep_fds:
             try:
                 os.close(fd)
             except OSError:
@@ -213,3 +275,130 @@ def _warm_up() -> None:
 
 def _nothing() -> None:
     pass
+
+
+READY = b"ready"
+MAX_SPARE_FAILURES = 3  # spares that die before they are ready, in a row, before the server stops making them
+
+
+class _Spare:
+    """A child forked in advance: it confines, warms up and limits itself, says it is ready, waits for a check."""
+
+    def __init__(self, limits: Limits, warm_up: Optional[Callable[[], Any]]):
+        self.workdir = tempfile.mkdtemp(prefix="mme-check-")
+        task_end, self.tasks = _context.Pipe(duplex=False)
+        self.answers, answer_end = _context.Pipe(duplex=False)
+        self.process = _context.Process(
+            target=_spare_child, args=(task_end, answer_end, limits, self.workdir, warm_up), daemon=True
+        )
+        self.process.start()
+        task_end.close()
+        answer_end.close()
+        self.ready = False
+
+    def state(self) -> str:
+        """"ready", "warming" or "dead", without waiting."""
+        if not self.ready:
+            try:
+                if not self.answers.poll(0):
+                    return "warming"
+                self.ready = self.answers.recv_bytes(len(READY)) == READY
+            except (EOFError, OSError):
+                pass
+            if not self.ready:
+                return "dead"
+        return "ready"
+
+    def discard(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.tasks.close()
+        self.answers.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class _SpareChildren:
+    """Up to ``count`` spares for checks with ``limits``; one taken is replaced (``refill``) in the background."""
+
+    def __init__(self, limits: Limits, warm_up: Optional[Callable[[], Any]], count: int):
+        self.limits, self.warm_up, self.count = limits, warm_up, count
+        self.spares: List[_Spare] = []
+        self.failures = 0
+        self.taken = 0  # checks run on a spare
+        self.lock = threading.Lock()
+        self.wanted = threading.Event()  # set when a spare may be missing; one thread forks them
+        self.closed = False
+        threading.Thread(target=self._keep_filled, name="isolation-spares", daemon=True).start()
+        atexit.register(self.close)
+
+    def take(self, limits: Limits) -> Optional[_Spare]:
+        if limits != self.limits:
+            return None
+        with self.lock:
+            for spare in list(self.spares):
+                state = spare.state()
+                if state == "warming":
+                    continue
+                self.spares.remove(spare)
+                if state == "ready":
+                    self.failures = 0
+                    self.taken += 1
+                    return spare
+                self._failed(spare)
+        return None
+
+    def ready(self) -> int:
+        with self.lock:
+            return sum(spare.state() == "ready" for spare in self.spares)
+
+    def refill(self) -> None:
+        """Have the spares' thread fork what is missing (a check does not wait for a thread to start)."""
+        self.wanted.set()
+
+    def _keep_filled(self) -> None:
+        while True:
+            self.wanted.wait()
+            self.wanted.clear()
+            if self.closed:
+                return
+            self._fill()
+
+    def _fill(self) -> None:
+        """Fork spares until there are ``count``; none once ``MAX_SPARE_FAILURES`` died unready in a row."""
+        while True:
+            with self.lock:
+                if self.closed or len(self.spares) >= self.count or self.failures >= MAX_SPARE_FAILURES:
+                    return
+            try:
+                spare = _Spare(self.limits, self.warm_up)
+            except OSError as error:  # out of processes or descriptors: checks fork their own children
+                logging.getLogger("mlserver.mme").warning("event=check-spare-failed reason=%s", describe(error))
+                with self.lock:
+                    self.failures += 1
+                return
+            with self.lock:
+                if self.closed:
+                    spare.discard()
+                    return
+                self.spares.append(spare)
+
+    def _failed(self, spare: _Spare) -> None:
+        spare.discard()
+        self.failures += 1
+        logging.getLogger("mlserver.mme").warning(
+            "event=check-spare-failed reason=exit status %s before it was ready%s", spare.process.exitcode,
+            "; checks fork their own children from now on" if self.failures >= MAX_SPARE_FAILURES else "",
+        )
+        self.refill()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wanted.set()  # its thread ends
+        with self.lock:
+            for spare in self.spares:
+                spare.discard()
+            self.spares.clear()
+
+
+_spares: Optional[_SpareChildren] = None

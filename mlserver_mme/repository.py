@@ -35,7 +35,7 @@ from .fair_slots import FairSlots, tenant_of
 from .memory import parse_size, total_memory
 from .metrics import metrics
 from .naming import NotATargetPath, target_of, v2_name
-from .runtimes.xgboost import check_model_file, find_model_file
+from .runtimes.xgboost import check_model_file, find_model_file, warm_up_check
 from .store import StoreUnreachable, open_store
 from .threads import in_io
 
@@ -54,12 +54,17 @@ class MMERepository(SchemalessModelRepository):
         seconds = self.settings.validation_seconds
         self.check_limits = isolation.Limits(memory_bytes=memory, cpu_seconds=seconds, wall_seconds=2.0 * seconds)
         # each check may take its memory limit; tenants (top-level folders) take turns for the slots
-        self._check_slots = FairSlots(os.cpu_count() or 1)
+        check_slots = os.cpu_count() or 1
+        self._check_slots = FairSlots(check_slots)
         # The fork server imports, once and in the background, the XGBoost check and what the main
         # script imports: each check child runs `mlserver`'s script again (Python before 3.13 ignores
         # "__main__" in a fork server's preload list, CPython issue 126631), so it must find
         # mlserver.cli imported already.
-        isolation.start(["__main__", "mlserver.cli", check_model_file.__module__])
+        isolation.start(
+            ["__main__", "mlserver.cli", check_model_file.__module__],
+            limits=self.check_limits, warm_up=warm_up_check,
+            spares=check_slots if self.settings.check_spares is None else self.settings.check_spares,
+        )
         disk_limit = self.settings.disk_limit
         os.makedirs(self.settings.cache_dir, exist_ok=True)
         self.cache = ArtifactCache(
@@ -135,8 +140,9 @@ class MMERepository(SchemalessModelRepository):
         elapsed = time.perf_counter() - started
         metrics().checking.observe(elapsed)
         logger.info(
-            "event=check model=%s check_ms=%.1f format=%s saved_by=%s compared_with=%s",
-            target, elapsed * 1e3, found["format"], found["saved_by"], found["compared_with"].replace(" ", "_"),
+            "event=check model=%s check_ms=%.1f warm=%s format=%s saved_by=%s compared_with=%s",
+            target, elapsed * 1e3, "yes" if found.get("warm") else "no", found["format"], found["saved_by"],
+            found["compared_with"].replace(" ", "_"),
         )
         return found
 

@@ -17,6 +17,35 @@ def answer(value):
     return value * 2
 
 
+WARMED = []
+
+
+def warm_up():
+    WARMED.append(os.getpid())
+
+
+def warmed():
+    """In a spare child: the warm-up ran in this very process before the check came."""
+    return WARMED == [os.getpid()]
+
+
+@pytest.fixture(params=["fresh child", "spare child"])
+def child(request):
+    """Starts checks with ``limits`` in a freshly forked child, or in a spare forked and warmed in advance."""
+
+    def prepare(limits):
+        if request.param == "fresh child":
+            isolation.start([])
+            return
+        isolation.start([], limits=limits, warm_up=warm_up, spares=1)
+        wait_for_spares(1)
+
+    yield prepare
+    if request.param == "spare child":
+        assert isolation._spares.taken == 1, "the check did not run on the spare"
+    isolation.start([])  # the spares go
+
+
 def crash():
     ctypes.string_at(0)  # reads address 0: SIGSEGV
 
@@ -44,43 +73,61 @@ def write_file(path):
         file.flush()
 
 
-def test_a_result_comes_back():
+def test_a_result_comes_back(child):
+    child(ROOMY)
     assert isolation.run(answer, 21, limits=ROOMY) == 42
 
 
-def test_a_crash_is_a_failure_and_the_caller_lives():
+def test_a_spare_child_is_warmed_up_before_its_check():
+    isolation.start([], limits=ROOMY, warm_up=warm_up, spares=1)
+    try:
+        wait_for_spares(1)
+        assert isolation.run(warmed, limits=ROOMY) is True
+        assert isolation.run(warmed, limits=LIMITS) is False  # other limits: a fresh child
+        assert isolation._spares.taken == 1
+    finally:
+        isolation.start([])
+
+
+def test_a_crash_is_a_failure_and_the_caller_lives(child):
+    child(ROOMY)
     with pytest.raises(isolation.IsolatedFailure, match=r"crashed \(SIGSEGV\)"):
         isolation.run(crash, limits=ROOMY)
     assert isolation.run(answer, 1, limits=ROOMY) == 2
 
 
-def test_memory_over_the_limit_is_a_failure():
+def test_memory_over_the_limit_is_a_failure(child):
+    child(ROOMY)
     with pytest.raises(isolation.IsolatedFailure, match="more than 268435456 bytes of memory"):
         isolation.run(allocate, limits=ROOMY)
 
 
-def test_cpu_time_over_the_limit_is_a_failure():
+def test_cpu_time_over_the_limit_is_a_failure(child):
     limits = isolation.Limits(memory_bytes=256 * 1024 * 1024, cpu_seconds=2, wall_seconds=60.0)
+    child(limits)
     started = time.monotonic()
     with pytest.raises(isolation.IsolatedFailure, match="more than 2 s of CPU time"):
         isolation.run(spin, limits=limits)
     assert time.monotonic() - started < limits.wall_seconds
 
 
-def test_a_hang_is_stopped_at_the_wall_clock_deadline():
+def test_a_hang_is_stopped_at_the_wall_clock_deadline(child):
+    child(LIMITS)
     started = time.monotonic()
     with pytest.raises(isolation.IsolatedFailure, match="took longer than 4 s"):
         isolation.run(hang, limits=LIMITS)
     assert time.monotonic() - started < LIMITS.wall_seconds + 10
 
 
-def test_an_exception_is_its_message_without_a_trace():
+def test_an_exception_is_its_message_without_a_trace(child):
+    child(ROOMY)
     with pytest.raises(isolation.IsolatedFailure) as caught:
         isolation.run(refuse, limits=ROOMY)
     assert caught.value.message == "ValueError: with more lines"
 
 
-def test_the_child_cannot_write_files(tmp_path):
+def test_the_child_cannot_write_files(tmp_path, child):
+    child(ROOMY)
     with pytest.raises(isolation.IsolatedFailure, match="Operation not permitted"):  # the seccomp filter
         isolation.run(write_file, str(tmp_path / "out"), limits=ROOMY)
     assert not (tmp_path / "out").exists()
@@ -104,21 +151,37 @@ def test_an_answer_over_the_bound_is_refused_unread():
         isolation.run(huge_answer, limits=ROOMY)
 
 
+def wait_for_spares(count):
+    deadline = time.monotonic() + 60
+    while isolation._spares.ready() < count:
+        assert time.monotonic() < deadline, "the spare children did not become ready"
+        time.sleep(0.01)
+
+
 def test_concurrent_checks_each_get_their_own_answer():
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(lambda n: isolation.run(answer, n, limits=ROOMY), range(8))) == [2 * n for n in range(8)]
+    isolation.start([], limits=ROOMY, warm_up=warm_up, spares=2)
+    try:
+        wait_for_spares(2)
+        with ThreadPoolExecutor(8) as pool:  # two on spares at least, the others on spares or fresh children
+            answers = list(pool.map(lambda n: isolation.run(answer, n, limits=ROOMY), range(8)))
+        assert answers == [2 * n for n in range(8)]
+        assert 2 <= isolation._spares.taken <= 8
+    finally:
+        isolation.start([])
 
 
-def test_the_fork_server_is_not_counted_as_the_servers_memory():
+def test_the_fork_server_and_spares_are_not_counted_as_the_servers_memory():
     from mlserver_mme import memory
 
-    isolation.run(answer, 1, limits=ROOMY)  # the fork server runs
+    isolation.start([], limits=ROOMY, warm_up=warm_up, spares=1)
+    wait_for_spares(1)
     children = [int(pid) for task in os.listdir(f"/proc/{os.getpid()}/task")
                 for pid in open(f"/proc/{os.getpid()}/task/{task}/children").read().split()]
     assert any(memory._is_check_helper(child) for child in children)
     assert not any(memory._is_check_helper(pid) for pid in memory._descendants(os.getpid()))
+    isolation.start([])
 
 
 def reach_out(secret_name, victim, parent):
@@ -151,11 +214,11 @@ def errno_name(error: OSError) -> str:
     return errno.errorcode.get(error.errno, str(error.errno))
 
 
-def test_the_child_has_no_secret_network_signal_or_file_changes(tmp_path, monkeypatch):
+def test_the_child_has_no_secret_network_signal_or_file_changes(tmp_path, monkeypatch, child):
     monkeypatch.setenv("MME_TEST_SECRET", "aws-secret")
     victim = tmp_path / "other-model"
     victim.write_bytes(b"model")
-    isolation.start([])
+    child(ROOMY)
     found = isolation.run(reach_out, "MME_TEST_SECRET", str(victim), os.getpid(), limits=ROOMY)
     assert found["secret"] is None and found["cwd_empty"]
     assert len(found["fds"]) <= 5  # 0, 1, 2 on /dev/null, the answer pipe, the listing's own

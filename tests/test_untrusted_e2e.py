@@ -4,9 +4,11 @@ and a damaged cached copy is fetched again."""
 import hashlib
 import json
 import os
+import re
 import time
 
 import httpx
+import pytest
 from artifacts import (
     EXPECTED,
     code_bearing_archive,
@@ -93,6 +95,24 @@ def test_a_model_file_that_crashes_xgboost_costs_only_itself(prefix, start_serve
     assert call(server, "crash.tar.gz").status_code == 424
     assert prefix.gets("crash.tar.gz") == 1
     assert httpx.get(server.url + "/ping").status_code == 200
+
+
+@pytest.mark.parametrize("spares", [None, 0])
+def test_new_artifacts_are_checked_in_spare_children_warmed_up_in_advance(prefix, start_server, spares):
+    """The spares are forked at start-up, so they are ready within a few loads; with 0, none ever is."""
+    names = [f"spare-{number}.tar.gz" for number in range(6)]
+    for name in names:
+        prefix.put(name, example_bytes("Houston_TX.tar.gz"))
+    server = start_server(**({} if spares is None else {"check_spares": spares}))
+    for name in names:
+        assert call(server, name).json() == HOUSTON
+        if spares is None and re.search(rf"event=check model={re.escape(name)} check_ms=\S+ warm=yes", server.log()):
+            break
+    warm = re.findall(r"event=check model=spare-\d+\.tar\.gz check_ms=\S+ warm=(\w+)", server.log())
+    if spares is None:
+        assert warm[-1] == "yes", warm
+    else:
+        assert warm == ["no"] * len(names)
 
 
 def test_a_model_file_that_allocates_without_bound_is_stopped(prefix, start_server):

@@ -32,7 +32,7 @@ from .model_file import ModelFile
 RTOL = 1e-5  # float32 rounding of sums taken in another order, and of exp/sigmoid in double
 MAX_LEAF_ROWS = 2048
 MAX_PATH_STEPS = 64  # splits a leaf row follows, nearest the leaf first: deeper paths are followed in part
-MAX_WALK_NODES = 200_000  # nodes walked to find leaves, whatever the model's size
+MAX_WALK_NODES = 200_000  # nodes of the trees walked to find leaves, whatever the model's size
 MAX_PROBE_VALUES = 400_000  # rows x outputs per prediction: a model with 100,000 classes is probed on 4 rows
 # Objectives whose answer is a class or a sign: compared through their margins, where a
 # rounding difference cannot flip the answer.
@@ -199,41 +199,52 @@ def probe_rows(model: dict, num_features: int) -> np.ndarray:
 def _leaf_rows(trees: List[dict], num_features: int) -> np.ndarray:
     """One row per leaf (up to ``MAX_LEAF_ROWS``), its features set to go down that leaf's path.
 
-    A path is kept as links to its parent's, so a walk costs one step a node however deep the tree; a leaf's
-    row follows the ``MAX_PATH_STEPS`` splits nearest to it, and at most ``MAX_WALK_NODES`` nodes are walked.
+    Whole trees are taken in order while their nodes add up to at most ``MAX_WALK_NODES``. Every leaf
+    walks up its parents at once, one level per step (NumPy over all leaves), so a leaf's row follows
+    the ``MAX_PATH_STEPS`` splits nearest to it.
     """
-    paths, walked = [], 0  # per leaf: [(feature, low, high)] with low <= x < high along its path
+    taken, nodes = [], 0
     for tree in trees:
-        left, right = tree["left_children"], tree["right_children"]
-        split, conditions = tree["split_indices"], tree["split_conditions"]
-        categorical = tree.get("split_type") or [0] * len(left)
-        pending = [(0, None)]  # (node, its path: (feature, low, high, the parent's path) or None)
-        while pending and len(paths) < MAX_LEAF_ROWS and walked < MAX_WALK_NODES:
-            node, path = pending.pop()
-            walked += 1
-            if left[node] == -1:
-                steps = []
-                while path is not None and len(steps) < MAX_PATH_STEPS:
-                    steps.append(path[:3])
-                    path = path[3]
-                paths.append(steps)
-                continue
-            if categorical[node]:  # left free: the threshold probe covers its categories
-                pending += [(left[node], path), (right[node], path)]
-                continue
-            # x < threshold goes left, else right (NaN: the default side, covered by the threshold probe)
-            threshold = conditions[node]
-            pending.append((left[node], (split[node], -np.inf, threshold, path)))
-            pending.append((right[node], (split[node], threshold, np.inf, path)))
-    low = np.full((len(paths), num_features), -np.inf, dtype=np.float32)
-    high = np.full((len(paths), num_features), np.inf, dtype=np.float32)
-    steps = [(number, *step) for number, path in enumerate(paths) for step in path]
-    if steps:
-        number, feature, below, above = (np.asarray(column) for column in zip(*steps))
-        inside = (feature >= 0) & (feature < num_features)
-        where = (number[inside], feature[inside].astype(np.int64))
-        np.maximum.at(low, where, below[inside].astype(np.float32))  # the tightest bounds along each path
-        np.minimum.at(high, where, above[inside].astype(np.float32))
+        size = len(tree["left_children"])
+        if nodes + size > MAX_WALK_NODES or (len(taken) and nodes // 2 >= MAX_LEAF_ROWS):
+            break
+        taken.append(tree)
+        nodes += size
+    if not taken:
+        return np.empty((0, num_features), dtype=np.float32)
+    sizes = np.asarray([len(tree["left_children"]) for tree in taken])
+    first = np.repeat(np.cumsum(sizes) - sizes, sizes)  # each node's tree's first node
+    size_of = np.repeat(sizes, sizes)
+    left = np.concatenate([np.asarray(tree["left_children"], dtype=np.int64) for tree in taken])
+    right = np.concatenate([np.asarray(tree["right_children"], dtype=np.int64) for tree in taken])
+    split = np.concatenate([np.asarray(tree["split_indices"], dtype=np.int64) for tree in taken])
+    threshold = np.concatenate([np.asarray(tree["split_conditions"], dtype=np.float32) for tree in taken])
+    categorical = np.concatenate([np.asarray(tree.get("split_type") or np.zeros(len(tree["left_children"])),
+                                             dtype=bool) for tree in taken])
+    # parent links: x < threshold goes left, else right (NaN: the default side, covered by the threshold probe)
+    parent = np.full(nodes, -1, dtype=np.int64)
+    went_left = np.zeros(nodes, dtype=bool)
+    for children, side in ((left, True), (right, False)):
+        inner = np.flatnonzero((left != -1) & (children > 0) & (children < size_of))  # a leaf's right may be a row
+        parent[first[inner] + children[inner]] = inner
+        went_left[first[inner] + children[inner]] = side
+    leaves = np.flatnonzero(left == -1)[:MAX_LEAF_ROWS]
+    low = np.full((len(leaves), num_features), -np.inf, dtype=np.float32)
+    high = np.full((len(leaves), num_features), np.inf, dtype=np.float32)
+    row, node = np.arange(len(leaves)), leaves
+    for _ in range(MAX_PATH_STEPS):
+        up = parent[node]
+        going = up >= 0
+        row, node, up = row[going], node[going], up[going]
+        if not len(node):
+            break
+        feature = split[up]
+        bounded = ~categorical[up] & (feature >= 0) & (feature < num_features)  # categories: the threshold probe
+        below = bounded & went_left[node]
+        above = bounded & ~went_left[node]
+        np.minimum.at(high, (row[below], feature[below]), threshold[up[below]])  # the tightest bounds on the path
+        np.maximum.at(low, (row[above], feature[above]), threshold[up[above]])
+        node = up
     # a float32 in [low, high): low itself, or just below high when there is no low; NaN for a leaf no row reaches
     with np.errstate(invalid="ignore"):
         rows = np.where(np.isinf(low), np.nextafter(high, np.float32(-np.inf)), low)
