@@ -42,7 +42,7 @@ from cache import zipf_trace
 from common import BODY, ROOT, lru_hit_ratio, s3_env, s3_with_models
 from mlserver_process import free_port, free_port_block, terminate
 
-from mlserver_mme.shards import shard_count
+from mlserver_mme.scale_out.shards import shard_count
 
 try:
     import uvloop

@@ -97,7 +97,7 @@ def _booster(raw: bytes) -> "xgb.Booster":
 def floor_inprocess(results):
     booster = _booster(tarfile.open(fileobj=io.BytesIO(MODEL)).extractfile("xgboost-model").read())
     booster.set_param({"nthread": 1})
-    from mlserver_mme.payloads import decode, encode
+    from mlserver_mme.payloads.codecs import decode, encode
 
     def timed(function, n=3000):
         for _ in range(200):

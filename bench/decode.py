@@ -5,7 +5,7 @@
 Bodies of rows of 6 features like the bundled home-value models (YEAR_BUILT ~ N(1995, 10),
 SQUARE_FEET ~ N(3000, 750), bedrooms 2-6, bathrooms 1-3 in halves, LOT_ACRES ~ N(1, 0.25),
 garage 0-3; two decimals, as clients usually send) in each request content type, and the
-float32 predictions of the CSV body's rows encoded as JSON and CSV. HEAD's payloads.py and
+float32 predictions of the CSV body's rows encoded as JSON and CSV. HEAD's payloads/codecs.py and
 recordio.py are loaded from ``git show``; each run times HEAD then this tree, body after body,
 and the table gives the median milliseconds (single-threaded, in process).
 """
@@ -28,20 +28,22 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from recordio_writer import dense_records  # noqa: E402
 
-from mlserver_mme import payloads  # noqa: E402
+from mlserver_mme.payloads import codecs as payloads  # noqa: E402
 
 
 def head_payloads():
-    """mlserver_mme.payloads as of the last commit, imported from a temporary package."""
+    """mlserver_mme.payloads.codecs as of the last commit, imported from a temporary package."""
     folder = tempfile.mkdtemp()
     package = os.path.join(folder, "mme_head")
     os.mkdir(package)
-    open(os.path.join(package, "__init__.py"), "w").close()
-    for name in ("payloads.py", "recordio.py", "errors.py"):
+    os.mkdir(os.path.join(package, "payloads"))
+    for name in ("__init__.py", "payloads/__init__.py"):
+        open(os.path.join(package, name), "w").close()
+    for name in ("payloads/codecs.py", "payloads/recordio.py", "errors.py"):
         with open(os.path.join(package, name), "wb") as file:
             file.write(subprocess.check_output(["git", "-C", ROOT, "show", f"HEAD:mlserver_mme/{name}"]))
     sys.path.insert(0, folder)
-    return importlib.import_module("mme_head.payloads")
+    return importlib.import_module("mme_head.payloads.codecs")
 
 
 def home_rows(count: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from mlserver_mme.model_metrics import SECONDS, ModelMetrics
+from mlserver_mme.observability.model_metrics import SECONDS, ModelMetrics
 
 
 def per_call_us(function, calls) -> float:

@@ -13,7 +13,7 @@ from typing import Optional
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .sigv4 import parse_keys
+from .front.sigv4 import parse_keys
 
 ENV_PREFIX = "MLSERVER_MME_"
 

@@ -16,7 +16,7 @@ from artifacts import (
     tar_with,
 )
 
-from mlserver_mme.archive import UnsafeArchive, unpack
+from mlserver_mme.artifacts.archive import UnsafeArchive, unpack
 
 
 @pytest.fixture(autouse=True, params=["data-filter", "without-data-filter"])

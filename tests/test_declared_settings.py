@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mlserver_mme.config import MMESettings, comma_list
-from mlserver_mme.declared_settings import MAX_SETTINGS_BYTES, XGBOOST_RUNTIME, read_declared
+from mlserver_mme.artifacts.declared_settings import MAX_SETTINGS_BYTES, XGBOOST_RUNTIME, read_declared
 from mlserver_mme.errors import BrokenModel
 
 ALLOWED = [XGBOOST_RUNTIME, "doubler.Doubler"]

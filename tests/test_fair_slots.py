@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from mlserver_mme.fair_slots import FairSlots, tenant_of
+from mlserver_mme.artifacts.fair_slots import FairSlots, tenant_of
 
 
 def test_a_tenants_first_check_waits_for_one_slot_not_for_another_tenants_queue():

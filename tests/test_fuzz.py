@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from recordio_writer import _field, _varint, dense_records
 
-from mlserver_mme import payloads
+from mlserver_mme.payloads import codecs as payloads
 from mlserver_mme.errors import BadPayload
 from mlserver_mme.naming import NotATargetPath, target_of, v2_name, validate_target
 

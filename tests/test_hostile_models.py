@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from mlserver_mme import isolation
+from mlserver_mme.artifacts import isolation
 from mlserver_mme.errors import BrokenModel
 from mlserver_mme.runtimes.xgboost import MAX_CATEGORY, check_model_file
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from mlserver_mme import isolation
+from mlserver_mme.artifacts import isolation
 
 LIMITS = isolation.Limits(memory_bytes=256 * 1024 * 1024, cpu_seconds=2, wall_seconds=4.0)  # the hang test
 # For the tests that are not about time: room for a loaded CI machine to start the children.
@@ -173,7 +173,7 @@ def test_concurrent_checks_each_get_their_own_answer():
 
 
 def test_the_fork_server_and_spares_are_not_counted_as_the_servers_memory():
-    from mlserver_mme import memory
+    from mlserver_mme.observability import memory
 
     isolation.start([], limits=ROOMY, warm_up=warm_up, spares=1)
     wait_for_spares(1)

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from mlserver_mme.config import MMESettings
-from mlserver_mme.memory import parse_size
+from mlserver_mme.observability.memory import parse_size
 from mlserver_mme.naming import v2_name, validate_target
 
 BASE = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"

@@ -3,8 +3,8 @@
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-from mlserver_mme import model_metrics as module
-from mlserver_mme.model_metrics import OTHER, ModelMetrics
+from mlserver_mme.observability import model_metrics as module
+from mlserver_mme.observability.model_metrics import OTHER, ModelMetrics
 
 
 class Clock:

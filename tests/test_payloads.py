@@ -12,9 +12,9 @@ import pytest
 import scipy.sparse
 from recordio_writer import _field, dense_records
 
-from mlserver_mme import payloads, recordio
+from mlserver_mme.payloads import codecs as payloads, recordio
 from mlserver_mme.errors import BadPayload, UnsupportedAccept, UnsupportedContentType
-from mlserver_mme.payloads import decode, encode, negotiate
+from mlserver_mme.payloads.codecs import decode, encode, negotiate
 
 
 def test_csv_rows_and_missing_cells():

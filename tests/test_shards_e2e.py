@@ -23,7 +23,7 @@ from mlserver_process import ROOT, free_port, free_port_block, terminate
 
 from mlserver_mme.config import MMESettings
 from mlserver_mme.naming import v2_name
-from mlserver_mme.shards import plan, share_of_count, share_of_size, shard_count, usable_cpus
+from mlserver_mme.scale_out.shards import plan, share_of_count, share_of_size, shard_count, usable_cpus
 
 SERVE = os.path.join(os.path.dirname(sys.executable), "mlserver-mme")
 SHARDS = 3

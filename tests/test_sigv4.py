@@ -9,7 +9,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from signing import SignerLeavingOut
 
-from mlserver_mme.sigv4 import SignatureRejected, SigV4Verifier
+from mlserver_mme.front.sigv4 import SignatureRejected, SigV4Verifier
 
 KEY, SECRET = "AKIDUNIT", "unit-secret"
 HOST = "localhost:8080"

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from mlserver_mme.store import LocalStore, ObjectTooLarge, _copy_at_most
+from mlserver_mme.artifacts.store import LocalStore, ObjectTooLarge, _copy_at_most
 
 
 def test_a_local_object_over_the_limit_is_refused_before_it_is_copied(tmp_path):

@@ -27,7 +27,7 @@ from conftest import BUCKET
 from clients import invoke
 from test_lifecycle_e2e import call
 
-from mlserver_mme.memory import process_tree_memory as process_memory
+from mlserver_mme.observability.memory import process_tree_memory as process_memory
 
 HOUSTON = EXPECTED["predictions"]["Houston_TX.tar.gz"][:1]
 LEAKS = ("Traceback", "Stack trace", "[bt]", ".cc:", "/workspace/", "site-packages")
@@ -195,7 +195,7 @@ def test_a_many_class_model_cannot_multiply_a_small_body_into_a_huge_answer(pref
 
 
 def test_an_object_larger_than_any_artifact_within_the_limits_is_refused_unread(prefix, start_server, tmp_path, s3):
-    from mlserver_mme.archive import max_archive_bytes
+    from mlserver_mme.artifacts.archive import max_archive_bytes
 
     limit = 1 << 20
     size = max_archive_bytes(limit) + 1

@@ -27,8 +27,8 @@ from mlserver_process import MLServerProcess
 from tritonclient.utils import np_to_triton_dtype
 
 from mlserver_mme.config import MMESettings
-from mlserver_mme.grpc_guard import GUARDED, RepositoryGuard
-from mlserver_mme.v2_compat import (
+from mlserver_mme.front.grpc_guard import GUARDED, RepositoryGuard
+from mlserver_mme.front.v2_compat import (
     BinaryChoice,
     MalformedRequest,
     V2CompatMiddleware,

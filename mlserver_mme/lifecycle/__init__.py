@@ -27,8 +27,8 @@ from mlserver.settings import ModelSettings
 
 from ..config import MMESettings, preload_targets
 from ..errors import BadTargetHeader, ModelStillLoading, ModelTooLarge
-from ..memory import parse_size, total_memory
-from ..metrics import metrics
+from ..observability.memory import parse_size, total_memory
+from ..observability.metrics import metrics
 from ..naming import v2_name
 from .budgets import Budgets
 from .entries import Entry, ModelTable, State

@@ -11,9 +11,9 @@ time; disk deletions run outside it.
 import asyncio
 from typing import Awaitable, Callable, Optional
 
-from ..cache import ArtifactCache
-from ..memory import process_tree_memory
-from ..metrics import metrics
+from ..artifacts.cache import ArtifactCache
+from ..observability.memory import process_tree_memory
+from ..observability.metrics import metrics
 from ..naming import v2_name
 from .entries import Entry, ModelTable
 

@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 
 from mlserver import MLModel
 
-from ..metrics import metrics
+from ..observability.metrics import metrics
 
 
 class State(enum.Enum):

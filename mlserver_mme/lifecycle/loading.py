@@ -13,8 +13,8 @@ from mlserver.errors import ModelNotFound
 from mlserver.settings import ModelSettings
 
 from ..errors import BrokenModel, MMEError, describe
-from ..memory import process_tree_memory, release_free_memory
-from ..metrics import metrics
+from ..observability.memory import process_tree_memory, release_free_memory
+from ..observability.metrics import metrics
 from ..threads import in_io
 from .entries import Entry
 

@@ -21,7 +21,7 @@ from mlserver.codecs import NumpyRequestCodec
 from mlserver.types import InferenceRequest, InferenceResponse
 
 from ..errors import BadPayload, BrokenModel, ModelStillLoading, describe
-from ..payloads import MAX_ROWS, Features
+from ..payloads.codecs import MAX_ROWS, Features
 from ..threads import in_loads
 from . import crosscheck, model_file
 from .gtil import Predictor, exact_gtil, gtil_predictor

@@ -30,7 +30,7 @@ from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from .errors import MMEError
+from ..errors import MMEError
 
 MAX_SKEW = datetime.timedelta(minutes=15)
 _AUTHORIZATION = re.compile(

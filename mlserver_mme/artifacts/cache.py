@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Dict, Optional, Tuple
 
 from .archive import UnsafeArchive, max_archive_bytes, unpack
-from .errors import ArtifactNotFound, BrokenModel, StorageUnavailable
-from .metrics import metrics
+from ..errors import ArtifactNotFound, BrokenModel, StorageUnavailable
+from ..observability.metrics import metrics
 from .single_flight import SingleFlight
 from .store import ObjectInfo, ObjectMissing, ObjectTooLarge, Store, StoreUnreachable
-from .threads import in_io
+from ..threads import in_io
 
 logger = logging.getLogger("mlserver.mme")
 

@@ -66,7 +66,7 @@ def render(shards: Iterable[Shard], host: str, http_port: int, metrics_port: int
     metrics_rules = "\n".join(f"    use-server {s.name} if {{ var(txn.shard) -m str {s.index} }}" for s in shards)
     bind_host = "" if host in ("0.0.0.0", "") else host  # empty: every IPv4 address
     return f"""\
-# Written by `mlserver-mme serve` at each start (see mlserver_mme/haproxy.py); edits are lost.
+# Written by `mlserver-mme serve` at each start (see mlserver_mme/scale_out/haproxy.py); edits are lost.
 # No access log: HAProxy runs in the foreground (-db) and prints a shard going down or up on stderr;
 # requests, errors, retries and redispatches are counted by the Prometheus exporter.
 global

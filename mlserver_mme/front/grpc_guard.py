@@ -18,8 +18,8 @@ import hmac
 
 import grpc
 
-from . import mlserver_internals
-from .config import MMESettings
+from .. import mlserver_internals
+from ..config import MMESettings
 
 SERVICES = ("inference.GRPCInferenceService", "inference.model_repository.ModelRepositoryService")
 GUARDED_METHODS = ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")

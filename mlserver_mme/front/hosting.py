@@ -26,8 +26,8 @@ from typing import Awaitable, Callable, List
 from urllib.parse import parse_qs
 
 from .asgi import read_body, respond_json
-from .errors import AlreadyLoaded, HostedModelNotFound, MMEError, ModelTooLarge
-from .lifecycle import ModelLifecycle
+from ..errors import AlreadyLoaded, HostedModelNotFound, MMEError, ModelTooLarge
+from ..lifecycle import ModelLifecycle
 
 PAGE_SIZE = 100
 MAX_LOAD_REQUEST_BYTES = 64 * 1024

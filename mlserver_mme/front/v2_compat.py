@@ -41,8 +41,8 @@ import numpy as np
 import orjson
 
 from .asgi import headers_too_large, read_body, respond, respond_json
-from .config import MMESettings
-from .errors import MMEError, RequestTooLarge
+from ..config import MMESettings
+from ..errors import MMEError, RequestTooLarge
 from .offload import BatchPool, is_batch
 
 HEADER_LENGTH = b"inference-header-content-length"

@@ -67,7 +67,7 @@ import pandas
 import scipy.sparse
 
 from . import recordio
-from .errors import BadPayload, UnsupportedAccept, UnsupportedContentType, describe
+from ..errors import BadPayload, UnsupportedAccept, UnsupportedContentType, describe
 
 Features = Union[np.ndarray, scipy.sparse.csr_matrix]
 

@@ -15,7 +15,7 @@ holding only their bodies (at most ``MLSERVER_MME_MAX_PAYLOAD_BYTES`` each).
 import os
 from typing import Any, Callable, Optional
 
-from .threads import RecyclingPool
+from ..threads import RecyclingPool
 
 # 64 KiB: about 3,000 CSV rows of six features, a few milliseconds of work inline;
 # one-row requests (tens of bytes) are far below it.

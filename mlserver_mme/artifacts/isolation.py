@@ -47,7 +47,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
-from .errors import describe
+from ..errors import describe
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ import asyncio
 import json
 from typing import Optional
 
-from .errors import BadPayload, BodyTimeout, RequestTooLarge
+from ..errors import BadPayload, BodyTimeout, RequestTooLarge
 
 BODY_SECONDS = 30.0  # MLSERVER_MME_BODY_TIMEOUT's default
 

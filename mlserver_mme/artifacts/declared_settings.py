@@ -24,7 +24,7 @@ import json
 import os
 from typing import List
 
-from .errors import BrokenModel
+from ..errors import BrokenModel
 
 XGBOOST_RUNTIME = "mlserver_mme.runtimes.xgboost.XGBoostModel"
 OWN_SETTINGS = "model-settings.json"

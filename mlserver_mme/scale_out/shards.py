@@ -19,8 +19,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
-from .config import MMESettings
-from .memory import parse_size
+from ..config import MMESettings
+from ..observability.memory import parse_size
 
 DEFAULT_SHARD_PORT = 8100
 PORTS_PER_SHARD = 3

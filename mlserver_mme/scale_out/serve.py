@@ -25,7 +25,7 @@ import shutil
 import sys
 
 from . import haproxy
-from .config import load_settings
+from ..config import load_settings
 from .shards import DEFAULT_SHARD_PORT, PORTS_PER_SHARD, plan, shard_count
 
 HOST = re.compile(r"[A-Za-z0-9.:\-\[\]]*")  # what HAProxy's bind line may get from MLSERVER_HOST
@@ -148,7 +148,7 @@ def render_supervisord(shards, folder: str, run_dir: str, mlserver: str, haproxy
     haproxy_command = _command([haproxy_binary, "-db", "-f", os.path.join(run_dir, "haproxy.cfg")])
     sections = [
         f"""\
-; Written by `mlserver-mme serve` at each start (see mlserver_mme/serve.py); edits are lost.
+; Written by `mlserver-mme serve` at each start (see mlserver_mme/scale_out/serve.py); edits are lost.
 [supervisord]
 nodaemon=true
 ; its own log once, on stdout, like the programs' output

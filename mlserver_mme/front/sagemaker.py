@@ -1,0 +1,312 @@
+"""The SageMaker routes, put in front of MLServer's REST app.
+
+``GET /ping``, ``POST /invocations`` and ``POST /endpoints/{EndpointName}/invocations``
+are answered by a plain ASGI middleware placed first in MLServer's app, before
+FastAPI's routing and MLServer's middlewares (which every other route still goes
+through). The ``X-Amzn-SageMaker-Target-Model`` header names the artifact under
+the model prefix; the lifecycle (``lifecycle/``) hands back its loaded model,
+the same instance V2 uses. Every failure is answered in SageMaker's error shape
+(``x-amzn-ErrorType`` header, JSON body with ``Message``), except on the hosting
+contract's invoke route (``hosting.py``), which SageMaker's front end wraps itself.
+
+``SageMakerRouter`` is the MLServer model, loaded at start-up from
+``model-settings/model-settings.json``, that sets this up (the middleware, and V2
+calls routed through the lifecycle); it must run in the main process
+(``parallel_workers: 0`` in that file).
+"""
+
+import hmac
+import json
+import logging
+import random
+import time
+from typing import Optional
+
+import grpc
+import numpy as np
+import scipy.sparse
+from mlserver import MLModel
+from mlserver.codecs import NumpyRequestCodec
+from mlserver.errors import MLServerError
+
+from .. import mlserver_internals
+from .asgi import header, headers_too_large, read_body, respond, respond_json
+from ..config import MMESettings, comma_list, sigv4_keys
+from ..errors import (
+    ArtifactNotFound,
+    BadPayload,
+    BadTargetHeader,
+    BrokenModel,
+    InvalidRequest,
+    MMEError,
+    RequestTooLarge,
+    Unauthorized,
+    describe,
+)
+from .grpc_guard import guard_repository_calls
+from .hosting import HostingRoutes, hosting_error
+from ..lifecycle import ModelLifecycle
+from ..lifecycle.v2 import V2Gate
+from ..observability.model_metrics import OTHER, model_metrics
+from ..naming import NotATargetPath, target_of, v2_name, validate_target
+from .offload import BatchPool, is_batch, is_big_answer, is_costly
+from ..payloads.codecs import Features, decode, encode, negotiate
+from ..artifacts.repository import MMERepository
+from ..runtimes.xgboost import XGBoostModel
+from .sigv4 import SigV4Verifier
+from .v2_compat import V2CompatMiddleware
+
+logger = logging.getLogger("mlserver.mme")
+
+MANAGEMENT_PATHS = ("/v2/repository", "/models")
+# This package's errors over gRPC (MLServer maps only 400, 404, 422 and 500; others would be UNKNOWN).
+GRPC_STATUSES = {
+    409: grpc.StatusCode.FAILED_PRECONDITION,  # the router: neither loaded again nor unloaded
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,  # still loading after the wait, or the store unreachable: retry
+    507: grpc.StatusCode.RESOURCE_EXHAUSTED,  # does not fit in the memory limit
+}
+MAX_CUSTOM_ATTRIBUTES = 1024  # SageMaker's limit
+
+
+class SageMakerRouter(MLModel):
+    async def load(self) -> bool:
+        mlserver_internals.check()
+        parts = mlserver_internals.mlserver_parts()
+        repository = parts.repository
+        if not isinstance(repository, MMERepository):
+            raise RuntimeError(
+                "settings.json must set model_repository_implementation to mlserver_mme.repository.MMERepository"
+            )
+        folder_models = await repository.folder_model_names()
+        lifecycle = ModelLifecycle(parts.registry, repository, repository.settings, reserved_names=folder_models)
+        gate = V2Gate(lifecycle, folder_models, router_name=self.name)
+        mlserver_internals.route_v2_calls(parts, gate.using, gate.load, gate.unload, gate.refuse_stream)
+        mlserver_internals.map_grpc_statuses(GRPC_STATUSES)
+        mlserver_internals.quiet_grpc_client_errors()
+        guard_repository_calls(parts.registry, repository.settings)
+        mlserver_internals.put_in_front(parts.rest_app, V2CompatMiddleware, settings=repository.settings)
+        mlserver_internals.put_in_front(
+            parts.rest_app, SageMakerMiddleware, lifecycle=lifecycle, settings=repository.settings
+        )
+        return True
+
+
+class SageMakerMiddleware:
+    """ASGI middleware answering SageMaker's runtime routes, passing everything else on.
+
+    It also guards what follows it: the management routes need the admin token
+    when one is set.
+    """
+
+    def __init__(self, app, lifecycle: ModelLifecycle, settings: MMESettings):
+        self.app = app
+        self.lifecycle = lifecycle
+        self.settings = settings
+        self.variant = settings.variant_name.encode("latin-1")
+        keys = sigv4_keys(settings)
+        self.verifier = SigV4Verifier(keys) if keys else None
+        self.admin_token = settings.admin_token.encode() if settings.admin_token else None
+        self.batches = BatchPool()
+        self.model_metrics = model_metrics(settings.per_model_metrics_top_k)
+        self.hosting = None
+        if settings.sagemaker_multi_model:
+            self.hosting = HostingRoutes(lifecycle, comma_list(settings.hosting_roots), self.invoke)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            path, method = scope["path"], scope["method"]
+            if method == "POST" and (
+                path == "/invocations" or (path.startswith("/endpoints/") and path.endswith("/invocations"))
+            ):
+                return await self.invoke(scope, receive, send)
+            if path == "/ping" and method in ("GET", "HEAD"):
+                # Healthy while the server runs, loads in progress included.
+                return await respond(send, 200, b"", [])
+            if self.admin_token is not None and path.startswith(MANAGEMENT_PATHS) and not self._is_admin(scope):
+                return await error_response(
+                    send, Unauthorized("This route needs the server's admin bearer token."), new_request_id()
+                )
+            if self.hosting is not None and await self.hosting(scope, receive, send):
+                return
+            if path == "/v2/repository/index" and method == "POST":
+                return await self._index_with_targets(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    async def _index_with_targets(self, scope, receive, send) -> None:
+        """MLServer's repository index, each model named by a target path also given that path.
+
+        MLServer's index items have no field for it; ``target_model`` is added (V2 clients ignore
+        fields they do not know).
+        """
+        # Ask for an uncompressed answer: MLServer's GZip middleware would otherwise compress it.
+        headers = [(name, value) for name, value in scope["headers"] if name != b"accept-encoding"]
+        parts = {"start": None, "body": []}
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                parts["start"] = message
+            else:
+                parts["body"].append(message.get("body", b""))
+
+        await self.app({**scope, "headers": headers}, receive, capture)
+        body, start = b"".join(parts["body"]), parts["start"]
+        if start["status"] == 200:
+            items = json.loads(body)
+            for item in items:
+                try:
+                    item["target_model"] = target_of(item["name"])
+                except NotATargetPath:
+                    pass  # the router, or a model not from the prefix
+            body = json.dumps(items).encode()
+        kept = [(name, value) for name, value in start.get("headers", []) if name != b"content-length"]
+        await respond(send, start["status"], body, kept)
+
+    def _known(self, target: Optional[str]) -> bool:
+        """Whether ``target``'s model is the lifecycle's now (loading, loaded or unloading)."""
+        return target is not None and self.lifecycle.models.get(v2_name(target)) is not None
+
+    def _is_admin(self, scope) -> bool:
+        presented = dict(scope["headers"]).get(b"authorization", b"")
+        return hmac.compare_digest(presented, b"Bearer " + self.admin_token)
+
+    async def invoke(self, scope, receive, send, hosted_model: Optional[str] = None) -> None:
+        """Answer an invocation: of the target model, or of ``hosted_model`` (hosting contract)."""
+        request_id = new_request_id()
+        answer_error = error_response if hosted_model is None else hosting_error
+        started = time.perf_counter()
+        model, code = hosted_model, "200"  # for the per-model metrics
+        found = hosted_model is not None  # a target takes a label value only once its model is found
+        try:
+            if headers_too_large(scope, self.settings.max_header_bytes):
+                raise RequestTooLarge(f"The request headers are larger than {self.settings.max_header_bytes} bytes.")
+            headers = dict(scope["headers"])
+            body = await read_body(receive, headers, self.settings.max_payload_bytes, self.settings.body_timeout)
+            if self.verifier is not None and hosted_model is None:
+                # Before anything else: nothing is fetched or loaded for an unsigned request.
+                # (SageMaker's own calls of the hosting contract are not signed.)
+                self.verifier.verify(
+                    scope["method"],
+                    scope.get("raw_path", scope["path"].encode()).decode("latin-1"),
+                    scope.get("query_string", b"").decode("latin-1"),
+                    {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]},
+                    body,
+                )
+            custom_attributes = header(headers, b"x-amzn-sagemaker-custom-attributes")
+            if custom_attributes is not None and len(custom_attributes) > MAX_CUSTOM_ATTRIBUTES:
+                raise InvalidRequest(
+                    f"X-Amzn-SageMaker-Custom-Attributes is longer than {MAX_CUSTOM_ATTRIBUTES} characters."
+                )
+            if hosted_model is None:
+                target = header(headers, b"x-amzn-sagemaker-target-model")
+                if target is None:
+                    raise BadTargetHeader(
+                        "The endpoint is a multi-model endpoint and the request is missing a target model header "
+                        "(X-Amzn-SageMaker-Target-Model)."
+                    )
+                try:
+                    validate_target(target)
+                except NotATargetPath as error:
+                    raise BadTargetHeader(f"Invalid target model '{target[:100]}': {error}.") from None
+                model = target
+            response_kind = negotiate(header(headers, b"accept"))
+            work = self.batches.run if is_batch(body) else _inline
+            features = await work(decode, body, header(headers, b"content-type"))
+            if hosted_model is None:
+                entry = await self.lifecycle.acquire(target)
+            else:
+                # The hosting contract names the model in the path (SageMaker forwards TargetModel as is).
+                entry = self.lifecycle.hosted.acquire(hosted_model)
+            found = True
+            try:
+                ours = isinstance(entry.model, XGBoostModel)
+                rows = features.shape[0]
+                if is_big_answer(rows, entry.model.values_per_row if ours else 1) or (
+                    ours and is_costly(rows, entry.model.visits_per_row)
+                ):
+                    work = self.batches.run
+                if isinstance(entry.model, XGBoostModel):
+                    predictions = await work(entry.model.predictor(), features)
+                else:
+                    predictions = await _predict_with_runtime(entry.model, features)
+            finally:
+                self.lifecycle.release(entry)
+            content, content_type = await work(encode, predictions, response_kind)
+            await respond(
+                send,
+                200,
+                content,
+                [
+                    (b"content-type", content_type.encode()),
+                    (b"x-amzn-invoked-production-variant", self.variant),
+                    (b"x-amzn-requestid", request_id.encode()),
+                ],
+            )
+        except MMEError as error:
+            code = error.sagemaker_code
+            if isinstance(error, ArtifactNotFound) or not (found or self._known(model)):
+                model = OTHER  # made-up names (a bad body fails before the lookup) never take a label value
+            await answer_error(send, error, request_id)
+        except Exception:
+            code = MMEError.sagemaker_code
+            logger.exception("request %s failed", request_id)
+            await answer_error(send, MMEError("An internal error occurred."), request_id)
+        finally:
+            if model is not None:
+                self.model_metrics.record(model, code, time.perf_counter() - started)
+
+
+def new_request_id() -> str:
+    """A UUID-shaped id, as SageMaker's ``x-amzn-RequestId``: not a secret, so without uuid4's system call."""
+    digits = f"{random.getrandbits(128):032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+async def _inline(function, *args):
+    """``BatchPool.run``'s twin for small requests: the work, right on the loop."""
+    return function(*args)
+
+
+async def _predict_with_runtime(model: MLModel, features: Features) -> np.ndarray:
+    """Any runtime but ours: one dense float tensor in, its first output back."""
+    if scipy.sparse.issparse(features):
+        features = features.toarray()
+    try:
+        response = await model.predict(NumpyRequestCodec.encode_request(features))
+        predictions = np.asarray(NumpyRequestCodec.decode_response(response))
+        # V2 outputs carry one value per row as an (n, 1) tensor: answer a list, as for XGBoost
+        return predictions.ravel() if predictions.ndim == 2 and predictions.shape[1] == 1 else predictions
+    except MMEError:
+        raise
+    except MLServerError as error:
+        status = error.status_code if 400 <= error.status_code < 600 else 500
+        raise _model_error(status, str(error)) from None
+    except Exception as error:
+        raise _model_error(500, describe(error)) from None
+
+
+def _model_error(status: int, message: str) -> MMEError:
+    error = BadPayload(message) if status < 500 else BrokenModel(message)
+    error.original_status = status
+    return error
+
+
+async def error_response(send, error: MMEError, request_id: str) -> None:
+    """An error as SageMaker's runtime sends it, so boto3 and the AWS CLI show its code."""
+    body = {"ErrorCode": error.sagemaker_code, "Message": error.message}
+    if error.original_status is not None:
+        side = "client" if error.original_status < 500 else "server"
+        body = {
+            "ErrorCode": f"{side.upper()}_ERROR_FROM_MODEL",
+            "Message": f"Received {side} error ({error.original_status}) from primary with message "
+            f'"{error.message}". See the server log for more information.',
+            "OriginalStatusCode": error.original_status,
+            "OriginalMessage": error.message,
+            "LogStreamArn": "",
+        }
+    await respond_json(
+        send,
+        error.sagemaker_status,
+        body,
+        [(b"x-amzn-errortype", error.sagemaker_code.encode()), (b"x-amzn-requestid", request_id.encode())],
+    )
