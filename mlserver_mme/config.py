@@ -13,8 +13,6 @@ from typing import Optional
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .front.sigv4 import parse_keys
-
 ENV_PREFIX = "MLSERVER_MME_"
 
 
@@ -138,11 +136,3 @@ def comma_list(text: str) -> list:
 def preload_targets(settings: MMESettings) -> list:
     return comma_list(settings.preload)
 
-
-def sigv4_keys(settings: MMESettings) -> dict:
-    """The configured SigV4 keys, from the setting and the file (empty: no verification)."""
-    keys = parse_keys(settings.sigv4_keys)
-    if settings.sigv4_keys_file:
-        with open(settings.sigv4_keys_file) as file:
-            keys.update(parse_keys(file.read()))
-    return keys

@@ -31,12 +31,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Dict, Optional, Tuple
 
-from .archive import UnsafeArchive, max_archive_bytes, unpack
 from ..errors import ArtifactNotFound, BrokenModel, StorageUnavailable
 from ..observability.metrics import metrics
+from ..threads import in_io
+from .archive import UnsafeArchive, max_archive_bytes, unpack
 from .single_flight import SingleFlight
 from .store import ObjectInfo, ObjectMissing, ObjectTooLarge, Store, StoreUnreachable
-from ..threads import in_io
 
 logger = logging.getLogger("mlserver.mme")
 
@@ -142,6 +142,7 @@ class ArtifactCache:
                 logger.warning("event=disk-over-budget bytes=%d limit=%d (all in use)", self.disk_bytes(), self.disk_limit)
                 return
             artifact = self._unindex(victim)
+            assert artifact is not None  # the victim was on disk
             self._verified.discard(victim)
             await in_io(self._delete, os.path.dirname(artifact.folder))
             metrics().evictions.labels(reason="disk").inc()

@@ -11,7 +11,7 @@ tenant ahead of it, not for the whole queue.
 import asyncio
 import collections
 import contextlib
-from typing import AsyncIterator, Deque, Dict
+from typing import AsyncIterator, Deque
 
 
 def tenant_of(target: str) -> str:
@@ -22,7 +22,7 @@ def tenant_of(target: str) -> str:
 class FairSlots:
     def __init__(self, slots: int):
         self._free = slots
-        self._queues: Dict[str, Deque[asyncio.Future]] = collections.OrderedDict()  # in turn order
+        self._queues: "collections.OrderedDict[str, Deque[asyncio.Future]]" = collections.OrderedDict()  # in turn order
 
     @contextlib.asynccontextmanager
     async def slot(self, tenant: str) -> AsyncIterator[None]:

@@ -31,17 +31,17 @@ spare ready, forks a child of its own. Spares are forked by the fork server, so
 ``memory.py`` leaves them out of the server's memory, like the fork server.
 """
 
+import atexit
 import errno
 import gc
 import json
 import logging
+import math
 import multiprocessing
 import os
 import resource
 import shutil
 import signal
-import atexit
-import math
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -96,8 +96,9 @@ def run(check: Callable[..., Any], *args, limits: Limits) -> Any:
     ``check`` must be importable (it is pickled by reference), return a JSON
     value and raise an exception whose message says what is wrong with the input.
     """
-    spare = _spares.take(limits) if _spares is not None else None
-    if spare is not None:
+    spares = _spares
+    spare = spares.take(limits) if spares is not None else None
+    if spares is not None and spare is not None:
         try:
             spare.tasks.send((check, args))
             spare.tasks.close()
@@ -106,7 +107,7 @@ def run(check: Callable[..., Any], *args, limits: Limits) -> Any:
         else:
             return _finish(spare.answers, spare.process, limits, spare.workdir)
         finally:  # after the check: the next spare's fork and warm-up do not compete with it for the CPU
-            _spares.refill()
+            spares.refill()
     receiver, sender = _context.Pipe(duplex=False)
     workdir = tempfile.mkdtemp(prefix="mme-check-")
     process = _context.Process(target=_child, args=(sender, limits, workdir, check, args), daemon=True)

@@ -21,24 +21,23 @@ import time
 from typing import List, Optional
 
 import pydantic
-
 from mlserver.errors import ModelNotFound
 from mlserver.repository import SchemalessModelRepository
 from mlserver.settings import ModelParameters, ModelSettings
 
-from . import isolation
 from .. import mlserver_internals
-from .cache import ArtifactCache
 from ..config import comma_list, load_settings, preload_targets
-from .declared_settings import OWN_SETTINGS, XGBOOST_RUNTIME, read_declared
 from ..errors import BrokenModel, StorageUnavailable
-from .fair_slots import FairSlots, tenant_of
+from ..naming import NotATargetPath, target_of, v2_name
 from ..observability.memory import parse_size, total_memory
 from ..observability.metrics import metrics
-from ..naming import NotATargetPath, target_of, v2_name
 from ..runtimes.xgboost import check_model_file, find_model_file, warm_up_check
-from .store import StoreUnreachable, open_store
 from ..threads import in_io
+from . import isolation
+from .cache import ArtifactCache
+from .declared_settings import OWN_SETTINGS, XGBOOST_RUNTIME, read_declared
+from .fair_slots import FairSlots, tenant_of
+from .store import StoreUnreachable, open_store
 
 logger = logging.getLogger("mlserver.mme")
 

@@ -2,7 +2,7 @@
 
 import asyncio
 import json
-from typing import Optional
+from typing import List, Optional, Tuple
 
 from ..errors import BadPayload, BodyTimeout, RequestTooLarge
 
@@ -63,3 +63,19 @@ async def respond(send, status: int, body: bytes, headers: list) -> None:
 
 async def respond_json(send, status: int, payload: dict, headers: Optional[list] = None) -> None:
     await respond(send, status, json.dumps(payload).encode(), [(b"content-type", b"application/json"), *(headers or [])])
+
+
+async def answer_of(app, scope, receive) -> Tuple[Optional[dict], bytes]:
+    """Run the ASGI ``app`` and keep its answer: the start message (None if it sent none) and the body."""
+    start: Optional[dict] = None
+    chunks: List[bytes] = []
+
+    async def capture(message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, capture)
+    return start, b"".join(chunks)

@@ -20,6 +20,7 @@ import grpc
 
 from .. import mlserver_internals
 from ..config import MMESettings
+from ..errors import Unauthorized, grpc_status
 
 SERVICES = ("inference.GRPCInferenceService", "inference.model_repository.ModelRepositoryService")
 GUARDED_METHODS = ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")
@@ -47,9 +48,8 @@ class RepositoryGuard:
 
         async def guarded(request, context):
             if not self.authorized(context.invocation_metadata()):
-                await context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED, "This call needs the server's admin bearer token."
-                )
+                error = Unauthorized("This call needs the server's admin bearer token.")
+                await context.abort(grpc_status(error), error.message)
             return await behaviour(request, context)
 
         return handler._replace(unary_unary=guarded)

@@ -5,7 +5,7 @@ it downloads and unpacks artifacts itself and drives the container with:
 
 | route | answer |
 |---|---|
-| ``POST /models`` ``{"model_name", "url"}`` | 200 loaded; 409 already loaded; 507 no memory (SageMaker then unloads others); 400 bad url |
+| ``POST /models`` ``{"model_name", "url"}`` | 200 loaded; 409 already loaded; 507 no memory (SageMaker then unloads others); 400 bad request or url; 500 model error |
 | ``GET /models?limit=&next_page_token=`` | ``{"models": [{"modelName", "modelUrl"}], "nextPageToken"}`` |
 | ``GET /models/{name}`` | ``{"modelName", "modelUrl"}``; 404 if not loaded |
 | ``DELETE /models/{name}`` | 200; 404 if not loaded |
@@ -15,35 +15,24 @@ it downloads and unpacks artifacts itself and drives the container with:
 ``/opt/ml/models`` by default), so ``/proc``, ``/sys`` or ``/dev`` are refused.
 Hosted models are never unloaded by the server's own budgets: SageMaker decides.
 
-Every error is answered ``{"message": ...}`` with the model's own status, never in
-the runtime's error shape (``/invocations``): SageMaker's front end wraps a
+Every error is answered ``{"message": ...}`` with the model's own status (``errors.hosting_answer``),
+never in the runtime's error shape (``/invocations``): SageMaker's front end wraps a
 container's error in its own ModelError, ``OriginalStatusCode`` the container's status.
 """
 
 import json
 import os
-from typing import Awaitable, Callable, List
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 from urllib.parse import parse_qs
 
-from .asgi import read_body, respond_json
-from ..errors import AlreadyLoaded, HostedModelNotFound, MMEError, ModelTooLarge
+from ..errors import HostedModelNotFound, InvalidRequest, MMEError, hosting_answer
 from ..lifecycle import ModelLifecycle
+from ..lifecycle.entries import Entry
+from .asgi import read_body, respond_json
 
 PAGE_SIZE = 100
 MAX_LOAD_REQUEST_BYTES = 64 * 1024
 MAX_NAME_LENGTH = 1024
-
-
-def hosting_status(error: MMEError) -> int:
-    """The model's own HTTP status for ``error``: what the model answered, else the error's own status."""
-    return error.v2_status if error.original_status is None else error.original_status
-
-
-async def hosting_error(send, error: MMEError, request_id: str) -> None:
-    """An error as the hosting contract answers it: the model's own status and a plain message."""
-    await respond_json(
-        send, hosting_status(error), {"message": error.message}, [(b"x-amzn-requestid", request_id.encode())]
-    )
 
 
 class HostingRoutes:
@@ -71,52 +60,48 @@ class HostingRoutes:
         elif method == "GET":
             entry = self.lifecycle.hosted.listing().get(name)
             if entry is None:
-                await respond_json(send, 404, {"message": f"Model '{name}' is not loaded."})
+                await respond_json(send, *hosting_answer(HostedModelNotFound(f"Model '{name}' is not loaded.")))
             else:
-                await respond_json(send, 200, {"modelName": name, "modelUrl": entry.model.settings.parameters.uri})
+                await respond_json(send, 200, {"modelName": name, "modelUrl": _url(entry)})
         elif method == "DELETE":
             try:
                 await self.lifecycle.hosted.unload(name)
                 await respond_json(send, 200, {"message": f"Model '{name}' unloaded."})
             except HostedModelNotFound as error:
-                await respond_json(send, 404, {"message": error.message})
+                await respond_json(send, *hosting_answer(error))
         else:
             return False
         return True
 
     async def _load(self, scope, receive, send) -> None:
-        request = {key: values[-1] for key, values in parse_qs(scope.get("query_string", b"").decode()).items()}
         try:
-            body = await read_body(receive, dict(scope["headers"]), MAX_LOAD_REQUEST_BYTES)
+            name = await self._load_request(scope, receive)
         except MMEError as error:
-            return await respond_json(send, error.sagemaker_status, {"message": error.message})
+            return await respond_json(send, *hosting_answer(error))
+        await respond_json(send, 200, {"message": f"Model '{name}' loaded."})
+
+    async def _load_request(self, scope, receive) -> str:
+        """Load the model ``POST /models`` names; its name, or an MMEError (AlreadyLoaded, ModelTooLarge...)."""
+        request = {key: values[-1] for key, values in parse_qs(scope.get("query_string", b"").decode()).items()}
+        body = await read_body(receive, dict(scope["headers"]), MAX_LOAD_REQUEST_BYTES)
         if body.strip():
             try:
                 request.update(json.loads(body))
             except (ValueError, TypeError):
-                return await respond_json(send, 400, {"message": "The body must be JSON: {\"model_name\": ..., \"url\": ...}."})
+                raise InvalidRequest("The body must be JSON: {\"model_name\": ..., \"url\": ...}.") from None
         name, url = request.get("model_name"), request.get("url")
         if not isinstance(name, str) or not name or not isinstance(url, str) or not url:
-            return await respond_json(send, 400, {"message": "model_name and url are required."})
+            raise InvalidRequest("model_name and url are required.")
         if not all(len(text) <= MAX_NAME_LENGTH and text.isprintable() for text in (name, url)):
             # no NUL, control character or lone surrogate reaches a path or a model name
-            return await respond_json(
-                send, 400, {"message": f"model_name and url must be printable and at most {MAX_NAME_LENGTH} characters."}
-            )
+            raise InvalidRequest(f"model_name and url must be printable and at most {MAX_NAME_LENGTH} characters.")
         folder = os.path.realpath(url)
         if not any(os.path.commonpath([folder, root]) == root for root in self.roots):
-            return await respond_json(send, 400, {"message": f"url '{url}' is outside the allowed roots {self.roots}."})
+            raise InvalidRequest(f"url '{url}' is outside the allowed roots {self.roots}.")
         if not os.path.isdir(folder):
-            return await respond_json(send, 400, {"message": f"url '{url}' is not a folder."})
-        try:
-            await self.lifecycle.hosted.load(name, folder)
-        except AlreadyLoaded as error:
-            return await respond_json(send, 409, {"message": error.message})
-        except ModelTooLarge as error:
-            return await respond_json(send, 507, {"message": error.message})
-        except MMEError as error:
-            return await respond_json(send, 500 if error.original_status is None else error.original_status, {"message": error.message})
-        await respond_json(send, 200, {"message": f"Model '{name}' loaded."})
+            raise InvalidRequest(f"url '{url}' is not a folder.")
+        await self.lifecycle.hosted.load(name, folder)
+        return name
 
     async def _list(self, scope, send) -> None:
         query = {key: values[-1] for key, values in parse_qs(scope.get("query_string", b"").decode()).items()}
@@ -124,10 +109,17 @@ class HostingRoutes:
             limit = max(1, min(1000, int(query.get("limit", PAGE_SIZE))))
             start = int(query.get("next_page_token", 0))
         except ValueError:
-            return await respond_json(send, 400, {"message": "limit and next_page_token must be integers."})
+            error = InvalidRequest("limit and next_page_token must be integers.")
+            return await respond_json(send, *hosting_answer(error))
         hosted = sorted(self.lifecycle.hosted.listing().items())
         page = hosted[start : start + limit]
-        answer = {"models": [{"modelName": n, "modelUrl": e.model.settings.parameters.uri} for n, e in page]}
+        answer: Dict[str, Any] = {"models": [{"modelName": n, "modelUrl": _url(e)} for n, e in page]}
         if start + limit < len(hosted):
             answer["nextPageToken"] = str(start + limit)
         await respond_json(send, 200, answer)
+
+
+def _url(entry: Entry) -> Optional[str]:
+    """Where a loaded hosted model was loaded from, as SageMaker's listing gives it."""
+    assert entry.model is not None and entry.model.settings.parameters is not None  # listed only when READY
+    return entry.model.settings.parameters.uri

@@ -22,17 +22,16 @@ import random
 import time
 from typing import Optional
 
-import grpc
 import numpy as np
-import scipy.sparse
 from mlserver import MLModel
 from mlserver.codecs import NumpyRequestCodec
 from mlserver.errors import MLServerError
 
 from .. import mlserver_internals
-from .asgi import header, headers_too_large, read_body, respond, respond_json
-from ..config import MMESettings, comma_list, sigv4_keys
+from ..artifacts.repository import MMERepository
+from ..config import MMESettings, comma_list
 from ..errors import (
+    GRPC_STATUSES,
     ArtifactNotFound,
     BadPayload,
     BadTargetHeader,
@@ -42,30 +41,25 @@ from ..errors import (
     RequestTooLarge,
     Unauthorized,
     describe,
+    hosting_answer,
+    sagemaker_answer,
 )
-from .grpc_guard import guard_repository_calls
-from .hosting import HostingRoutes, hosting_error
 from ..lifecycle import ModelLifecycle
 from ..lifecycle.v2 import V2Gate
-from ..observability.model_metrics import OTHER, model_metrics
 from ..naming import NotATargetPath, target_of, v2_name, validate_target
-from .offload import BatchPool, is_batch, is_big_answer, is_costly
+from ..observability.model_metrics import OTHER, model_metrics
 from ..payloads.codecs import Features, decode, encode, negotiate
-from ..artifacts.repository import MMERepository
-from ..runtimes.xgboost import XGBoostModel
-from .sigv4 import SigV4Verifier
+from ..runtimes.protocol import FeaturePredictor
+from .asgi import answer_of, header, headers_too_large, read_body, respond, respond_json
+from .grpc_guard import guard_repository_calls
+from .hosting import HostingRoutes
+from .offload import BatchPool, is_batch, is_big_answer, is_costly
+from .sigv4 import SigV4Verifier, configured_keys
 from .v2_compat import V2CompatMiddleware
 
 logger = logging.getLogger("mlserver.mme")
 
 MANAGEMENT_PATHS = ("/v2/repository", "/models")
-# This package's errors over gRPC (MLServer maps only 400, 404, 422 and 500; others would be UNKNOWN).
-GRPC_STATUSES = {
-    409: grpc.StatusCode.FAILED_PRECONDITION,  # the router: neither loaded again nor unloaded
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    503: grpc.StatusCode.UNAVAILABLE,  # still loading after the wait, or the store unreachable: retry
-    507: grpc.StatusCode.RESOURCE_EXHAUSTED,  # does not fit in the memory limit
-}
 MAX_CUSTOM_ATTRIBUTES = 1024  # SageMaker's limit
 
 
@@ -104,7 +98,7 @@ class SageMakerMiddleware:
         self.lifecycle = lifecycle
         self.settings = settings
         self.variant = settings.variant_name.encode("latin-1")
-        keys = sigv4_keys(settings)
+        keys = configured_keys(settings)
         self.verifier = SigV4Verifier(keys) if keys else None
         self.admin_token = settings.admin_token.encode() if settings.admin_token else None
         self.batches = BatchPool()
@@ -124,9 +118,9 @@ class SageMakerMiddleware:
                 # Healthy while the server runs, loads in progress included.
                 return await respond(send, 200, b"", [])
             if self.admin_token is not None and path.startswith(MANAGEMENT_PATHS) and not self._is_admin(scope):
-                return await error_response(
-                    send, Unauthorized("This route needs the server's admin bearer token."), new_request_id()
-                )
+                # one answer on every management route, hosting and V2 alike: SageMaker's UnauthorizedException
+                error = Unauthorized("This route needs the server's admin bearer token.")
+                return await respond_json(send, *sagemaker_answer(error, new_request_id()))
             if self.hosting is not None and await self.hosting(scope, receive, send):
                 return
             if path == "/v2/repository/index" and method == "POST":
@@ -141,16 +135,9 @@ class SageMakerMiddleware:
         """
         # Ask for an uncompressed answer: MLServer's GZip middleware would otherwise compress it.
         headers = [(name, value) for name, value in scope["headers"] if name != b"accept-encoding"]
-        parts = {"start": None, "body": []}
-
-        async def capture(message):
-            if message["type"] == "http.response.start":
-                parts["start"] = message
-            else:
-                parts["body"].append(message.get("body", b""))
-
-        await self.app({**scope, "headers": headers}, receive, capture)
-        body, start = b"".join(parts["body"]), parts["start"]
+        start, body = await answer_of(self.app, {**scope, "headers": headers}, receive)
+        if start is None:
+            return
         if start["status"] == 200:
             items = json.loads(body)
             for item in items:
@@ -168,12 +155,12 @@ class SageMakerMiddleware:
 
     def _is_admin(self, scope) -> bool:
         presented = dict(scope["headers"]).get(b"authorization", b"")
-        return hmac.compare_digest(presented, b"Bearer " + self.admin_token)
+        return self.admin_token is not None and hmac.compare_digest(presented, b"Bearer " + self.admin_token)
 
     async def invoke(self, scope, receive, send, hosted_model: Optional[str] = None) -> None:
         """Answer an invocation: of the target model, or of ``hosted_model`` (hosting contract)."""
         request_id = new_request_id()
-        answer_error = error_response if hosted_model is None else hosting_error
+        answer = sagemaker_answer if hosted_model is None else hosting_answer
         started = time.perf_counter()
         model, code = hosted_model, "200"  # for the per-model metrics
         found = hosted_model is not None  # a target takes a label value only once its model is found
@@ -198,16 +185,7 @@ class SageMakerMiddleware:
                     f"X-Amzn-SageMaker-Custom-Attributes is longer than {MAX_CUSTOM_ATTRIBUTES} characters."
                 )
             if hosted_model is None:
-                target = header(headers, b"x-amzn-sagemaker-target-model")
-                if target is None:
-                    raise BadTargetHeader(
-                        "The endpoint is a multi-model endpoint and the request is missing a target model header "
-                        "(X-Amzn-SageMaker-Target-Model)."
-                    )
-                try:
-                    validate_target(target)
-                except NotATargetPath as error:
-                    raise BadTargetHeader(f"Invalid target model '{target[:100]}': {error}.") from None
+                target = _target(headers)
                 model = target
             response_kind = negotiate(header(headers, b"accept"))
             work = self.batches.run if is_batch(body) else _inline
@@ -219,14 +197,14 @@ class SageMakerMiddleware:
                 entry = self.lifecycle.hosted.acquire(hosted_model)
             found = True
             try:
-                ours = isinstance(entry.model, XGBoostModel)
+                direct = entry.model if isinstance(entry.model, FeaturePredictor) else None
                 rows = features.shape[0]
-                if is_big_answer(rows, entry.model.values_per_row if ours else 1) or (
-                    ours and is_costly(rows, entry.model.visits_per_row)
+                if is_big_answer(rows, direct.values_per_row if direct else 1) or (
+                    direct is not None and is_costly(rows, direct.visits_per_row)
                 ):
                     work = self.batches.run
-                if isinstance(entry.model, XGBoostModel):
-                    predictions = await work(entry.model.predictor(), features)
+                if direct is not None:
+                    predictions = await work(direct.predictor(), features)
                 else:
                     predictions = await _predict_with_runtime(entry.model, features)
             finally:
@@ -246,11 +224,11 @@ class SageMakerMiddleware:
             code = error.sagemaker_code
             if isinstance(error, ArtifactNotFound) or not (found or self._known(model)):
                 model = OTHER  # made-up names (a bad body fails before the lookup) never take a label value
-            await answer_error(send, error, request_id)
+            await respond_json(send, *answer(error, request_id))
         except Exception:
             code = MMEError.sagemaker_code
             logger.exception("request %s failed", request_id)
-            await answer_error(send, MMEError("An internal error occurred."), request_id)
+            await respond_json(send, *answer(MMEError("An internal error occurred."), request_id))
         finally:
             if model is not None:
                 self.model_metrics.record(model, code, time.perf_counter() - started)
@@ -267,12 +245,26 @@ async def _inline(function, *args):
     return function(*args)
 
 
+def _target(headers: dict) -> str:
+    """The target model a SageMaker request names, valid, or BadTargetHeader."""
+    target = header(headers, b"x-amzn-sagemaker-target-model")
+    if target is None:
+        raise BadTargetHeader(
+            "The endpoint is a multi-model endpoint and the request is missing a target model header "
+            "(X-Amzn-SageMaker-Target-Model)."
+        )
+    try:
+        validate_target(target)
+    except NotATargetPath as error:
+        raise BadTargetHeader(f"Invalid target model '{target[:100]}': {error}.") from None
+    return target
+
+
 async def _predict_with_runtime(model: MLModel, features: Features) -> np.ndarray:
     """Any runtime but ours: one dense float tensor in, its first output back."""
-    if scipy.sparse.issparse(features):
-        features = features.toarray()
+    dense = features if isinstance(features, np.ndarray) else features.toarray()
     try:
-        response = await model.predict(NumpyRequestCodec.encode_request(features))
+        response = await model.predict(NumpyRequestCodec.encode_request(dense))
         predictions = np.asarray(NumpyRequestCodec.decode_response(response))
         # V2 outputs carry one value per row as an (n, 1) tensor: answer a list, as for XGBoost
         return predictions.ravel() if predictions.ndim == 2 and predictions.shape[1] == 1 else predictions
@@ -289,24 +281,3 @@ def _model_error(status: int, message: str) -> MMEError:
     error = BadPayload(message) if status < 500 else BrokenModel(message)
     error.original_status = status
     return error
-
-
-async def error_response(send, error: MMEError, request_id: str) -> None:
-    """An error as SageMaker's runtime sends it, so boto3 and the AWS CLI show its code."""
-    body = {"ErrorCode": error.sagemaker_code, "Message": error.message}
-    if error.original_status is not None:
-        side = "client" if error.original_status < 500 else "server"
-        body = {
-            "ErrorCode": f"{side.upper()}_ERROR_FROM_MODEL",
-            "Message": f"Received {side} error ({error.original_status}) from primary with message "
-            f'"{error.message}". See the server log for more information.',
-            "OriginalStatusCode": error.original_status,
-            "OriginalMessage": error.message,
-            "LogStreamArn": "",
-        }
-    await respond_json(
-        send,
-        error.sagemaker_status,
-        body,
-        [(b"x-amzn-errortype", error.sagemaker_code.encode()), (b"x-amzn-requestid", request_id.encode())],
-    )

@@ -30,7 +30,8 @@ from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from ..errors import MMEError
+from ..config import MMESettings
+from ..errors import SignatureRejected
 
 MAX_SKEW = datetime.timedelta(minutes=15)
 _AUTHORIZATION = re.compile(
@@ -44,12 +45,13 @@ SIGNED_IF_PRESENT = ("content-type",)
 SIGNED_IF_PRESENT_PREFIXES = ("x-amzn-sagemaker-",)
 
 
-class SignatureRejected(MMEError):
-    sagemaker_status = v2_status = 403
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.sagemaker_code = code
+def configured_keys(settings: MMESettings) -> Dict[str, str]:
+    """The configured SigV4 keys, from the setting and the file (empty: no verification)."""
+    keys = parse_keys(settings.sigv4_keys)
+    if settings.sigv4_keys_file:
+        with open(settings.sigv4_keys_file) as file:
+            keys.update(parse_keys(file.read()))
+    return keys
 
 
 def parse_keys(text: str) -> Dict[str, str]:

@@ -40,9 +40,9 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 import orjson
 
-from .asgi import headers_too_large, read_body, respond, respond_json
 from ..config import MMESettings
-from ..errors import MMEError, RequestTooLarge
+from ..errors import HeadersTooLarge, InvalidRequest, MMEError, RequestTooLarge, v2_answer
+from .asgi import answer_of, headers_too_large, read_body, respond, respond_json
 from .offload import BatchPool, is_batch
 
 HEADER_LENGTH = b"inference-header-content-length"
@@ -72,7 +72,7 @@ _JSON_HEADERS = (b"content-length", b"content-type", b"content-encoding", HEADER
 
 
 class MalformedRequest(ValueError):
-    """A binary request that cannot be read; the message says why (answered 400)."""
+    """A binary request that cannot be read; the message says why (answered as an InvalidRequest, 400)."""
 
 
 class BinaryChoice(NamedTuple):
@@ -304,7 +304,8 @@ class V2CompatMiddleware:
             return await self.app(scope, receive, send)
         send = _retry_after_on_503(send)
         if headers_too_large(scope, self.header_limit):
-            return await _error(send, 431, f"The request headers are larger than {self.header_limit} bytes.")
+            error = HeadersTooLarge(f"The request headers are larger than {self.header_limit} bytes.")
+            return await _error(send, error)
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
@@ -315,9 +316,9 @@ class V2CompatMiddleware:
                 body = inflated(body, headers[b"content-encoding"], self.body_limit)
                 scope = _with_body_length(scope, body)
         except MalformedRequest as error:
-            return await _error(send, 400, f"Invalid request body: {error}")
+            return await _error(send, InvalidRequest(f"Invalid request body: {error}"))
         except MMEError as error:
-            return await _error(send, error.v2_status, error.message)
+            return await _error(send, error)
         path = scope["path"]
         if path.endswith("/infer") and INFER_PATH.fullmatch(path):
             return await self._infer(scope, headers, body, receive, send)
@@ -338,9 +339,9 @@ class V2CompatMiddleware:
             work = self.pool.run if is_batch(body) else _inline
             payload, choice = await work(_to_json, body, int(declared))
         except MalformedRequest as error:
-            return await _error(send, 400, f"Invalid binary tensor request: {error}")
+            return await _error(send, InvalidRequest(f"Invalid binary tensor request: {error}"))
         except MMEError as error:
-            return await _error(send, error.v2_status, error.message)
+            return await _error(send, error)
         scope = _with_json_body(scope, payload, keep_accept_encoding=choice is None)
         await self._forward(scope, [payload], receive, send, choice)
 
@@ -362,16 +363,7 @@ class V2CompatMiddleware:
         receive = _replaying(chunks, receive)
         if choice is None:
             return await self.app(scope, receive, send)
-        answer = {"start": None, "body": []}
-
-        async def capture(message):
-            if message["type"] == "http.response.start":
-                answer["start"] = message
-            elif message["type"] == "http.response.body":
-                answer["body"].append(message.get("body", b""))
-
-        await self.app(scope, receive, capture)
-        start, body = answer["start"], b"".join(answer["body"])
+        start, body = await answer_of(self.app, scope, receive)
         if start is None:
             return
         converted = None
@@ -450,6 +442,5 @@ async def _inline(function, *args):
     return function(*args)
 
 
-async def _error(send, status: int, message: str) -> None:
-    """An error in MLServer's own shape, which V2 clients (tritonclient among them) read."""
-    await respond_json(send, status, {"error": message})
+async def _error(send, error: MMEError) -> None:
+    await respond_json(send, *v2_answer(error))

@@ -27,9 +27,9 @@ from mlserver.settings import ModelSettings
 
 from ..config import MMESettings, preload_targets
 from ..errors import BadTargetHeader, ModelStillLoading, ModelTooLarge
+from ..naming import v2_name
 from ..observability.memory import parse_size, total_memory
 from ..observability.metrics import metrics
-from ..naming import v2_name
 from .budgets import Budgets
 from .entries import Entry, ModelTable, State
 from .failures import ARTIFACT_FAULTS, FailureMemory

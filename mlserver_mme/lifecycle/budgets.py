@@ -12,9 +12,9 @@ import asyncio
 from typing import Awaitable, Callable, Optional
 
 from ..artifacts.cache import ArtifactCache
+from ..naming import v2_name
 from ..observability.memory import process_tree_memory
 from ..observability.metrics import metrics
-from ..naming import v2_name
 from .entries import Entry, ModelTable
 
 Unload = Callable[[Entry, str], Awaitable[None]]

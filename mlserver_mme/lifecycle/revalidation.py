@@ -46,8 +46,9 @@ class Revalidator:
                 if lifecycle.models.get(entry.name) is not entry or entry.state is not State.READY:
                     return  # unloaded meanwhile: its next load reads the new artifact
                 settings = await lifecycle.repository.settings_for(entry.target)
-                await lifecycle.registry.load(settings)  # new version in, then old one out
-                entry.model = await lifecycle.registry.get_model(entry.name)
+                # MLServer loads the new version, then unloads the old: the growth measured is new minus old (or 0)
+                entry.model, growth = await lifecycle.loader.load(entry.target, settings)
+                entry.memory_bytes = max(0, entry.memory_bytes + growth)
                 logger.info("event=update model=%s old_etag=%s new_etag=%s", entry.target, entry.etag, artifact.etag)
                 entry.etag = artifact.etag
             if not await lifecycle.budgets.fits(entry):

@@ -35,7 +35,7 @@ measures it). A review sorts the tracked models once: about 1 ms for
 import heapq
 import time
 from operator import itemgetter
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Set
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
@@ -57,7 +57,7 @@ class _Series:
     def __init__(self, metrics: "ModelMetrics", model: str):
         self.model = model
         self.observe = metrics.latency.labels(model).observe
-        self.errors: Dict[str, object] = {}
+        self.errors: Dict[str, Any] = {}
 
 
 class ModelMetrics:
@@ -80,7 +80,7 @@ class ModelMetrics:
         self._other = _Series(self, OTHER)
         self._recent: Dict[str, int] = {}
         self._max_tracked = max(1024, 8 * self.top_k)
-        self._codes = set()
+        self._codes: Set[str] = set()
         self._review_seconds = review_seconds
         self._clock = clock
         self._next_review = clock() + review_seconds

@@ -59,17 +59,16 @@ import json
 import math
 import re
 from itertools import chain
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import orjson
 import pandas
 import scipy.sparse
 
-from . import recordio
 from ..errors import BadPayload, UnsupportedAccept, UnsupportedContentType, describe
-
-Features = Union[np.ndarray, scipy.sparse.csr_matrix]
+from ..runtimes.protocol import MAX_ROWS, Features
+from . import recordio
 
 CSV = "text/csv"
 LIBSVM = "text/libsvm"
@@ -77,7 +76,6 @@ JSON = "application/json"
 NPY = "application/x-npy"
 RECORDIO = "application/x-recordio-protobuf"
 
-MAX_ROWS = 1_000_000
 MAX_COLUMNS = 1 << 20
 MAX_CELLS = 50_000_000
 _ECHO = 100  # characters of the body (or of an error about it) an error message may repeat
@@ -102,7 +100,7 @@ def decode(body: bytes, content_type: Optional[str]) -> Features:
     decoder = _DECODERS.get(kind)
     if decoder is None:
         raise UnsupportedContentType(
-            f"Content-Type '{_clip(content_type)}' is not supported; use one of {', '.join(sorted(_DECODERS))}"
+            f"Content-Type '{_clip(content_type or '')}' is not supported; use one of {', '.join(sorted(_DECODERS))}"
         )
     if not body.strip():
         raise BadPayload("the request body is empty")
@@ -189,7 +187,10 @@ def _csv_fast(body: bytes) -> np.ndarray:
     # Blanks now only pad cells or fill blank lines, which both readers ignore: pandas need not see them. Nor
     # '\r' ('\r\n' makes a blank line more): pandas reads ',1\r\r,2' as [[nan, 1], [2, nan]].
     text = body.translate(_CR_TO_LF, _BLANKS)
-    width = _FIRST_LINE.match(text).group(1).count(b",") + 1
+    first = _FIRST_LINE.match(text)
+    if first is None:
+        raise _NotFast
+    width = first.group(1).count(b",") + 1
     if width > _PANDAS_MAX_COLUMNS:
         raise _NotFast
     frame = _read_csv(text, dtype=np.float64, na_values=["", *_NAN_CELLS])
@@ -273,7 +274,7 @@ def _json_value(value) -> float:
     return float(value)
 
 
-_JSON_TYPES = {str: "a string", list: "a list", dict: "an object"}
+_JSON_TYPES: Dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
 
 
 def _json_fast(body: bytes) -> np.ndarray:

@@ -20,7 +20,7 @@ values out at once.
 
 import array
 import struct
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -37,7 +37,7 @@ _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
 def decode_dense(body: bytes, max_records: int) -> np.ndarray:
     """The rows of a RecordIO-protobuf body, as a 2-D array."""
-    rows = []
+    rows: List[np.ndarray] = []
     for payload in _frames(body):
         if len(rows) == max_records:
             raise ValueError(f"more than {max_records} records")
@@ -168,12 +168,13 @@ def _message(data: bytes, numbers: Tuple[int, ...]) -> Dict[int, bytes]:
     return fields
 
 
-def _fields(data: bytes) -> Iterator[Tuple[int, object, int]]:
+def _fields(data: bytes) -> Iterator[Tuple[int, Any, int]]:
     """(field number, value, wire type) of each field of a message."""
     position = 0
     while position < len(data):
         key, position = _varint(data, position)
         number, wire = key >> 3, key & 7
+        value: Any
         if wire == _VARINT:
             value, position = _varint(data, position)
         elif wire == _FIXED64:

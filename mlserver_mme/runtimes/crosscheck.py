@@ -105,7 +105,7 @@ def check_agreement(
     answers = {"margins": ("margins", everything, _margins(booster, rows, linear))}
     if "dense" in expected:
         answers.update(_answers(predict, rows, max_rows, outputs))
-    if objective in DISCRETE_OBJECTIVES and "dense" in expected:
+    if objective in DISCRETE_OBJECTIVES and "dense" in expected and reference is not None:
         margins = treelite.gtil.predict(reference, sparse_rows, nthread=1, pred_margin=True)
         expected["dense"], clear = _decided(objective, expected["margins"])
         expected["sparse"], clear_sparse = _decided(objective, margins)
@@ -203,7 +203,8 @@ def _leaf_rows(trees: List[dict], num_features: int) -> np.ndarray:
     walks up its parents at once, one level per step (NumPy over all leaves), so a leaf's row follows
     the ``MAX_PATH_STEPS`` splits nearest to it.
     """
-    taken, nodes = [], 0
+    taken: List[dict] = []
+    nodes = 0
     for tree in trees:
         size = len(tree["left_children"])
         if nodes + size > MAX_WALK_NODES or (len(taken) and nodes // 2 >= MAX_LEAF_ROWS):

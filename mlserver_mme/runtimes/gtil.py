@@ -19,7 +19,7 @@ both ways. Any other model keeps ``inplace_predict``.
 
 import ctypes
 import json
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import scipy.sparse
@@ -120,22 +120,22 @@ def _dense_per_tree(model, config: GTILConfig) -> Optional[Callable[[np.ndarray]
             raise treelite.TreeliteError(_LIB.TreeliteGetLastError().decode(errors="replace"))
         return out
 
-    call.keep = config  # the parsed configuration must outlive its handle's use
+    call.keep = config  # type: ignore[attr-defined]  # the parsed configuration must outlive its handle's use
     return call
 
 
 def _probe(trees: list, num_features: int) -> np.ndarray:
     """Rows in which every feature takes each of its thresholds, the floats just below and above them,
     a missing value and 0 (absent in a sparse row)."""
-    thresholds = [set() for _ in range(num_features)]
+    thresholds: List[set] = [set() for _ in range(num_features)]
     for tree in trees:
         for feature, threshold, left in zip(tree["split_indices"], tree["split_conditions"], tree["left_children"]):
             if left != -1:
                 thresholds[feature].add(threshold)
     rng = np.random.default_rng(0)
     probe = np.empty((PROBE_ROWS, num_features), dtype=np.float32)
-    for feature, values in enumerate(thresholds):
-        values = np.asarray(sorted(values), dtype=np.float32)
+    for feature, found in enumerate(thresholds):
+        values = np.asarray(sorted(found), dtype=np.float32)
         if len(values) > THRESHOLDS_PER_FEATURE:
             values = rng.choice(values, THRESHOLDS_PER_FEATURE, replace=False)
         below = np.nextafter(values, np.float32(-np.inf))

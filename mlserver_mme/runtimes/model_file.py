@@ -145,7 +145,7 @@ def _text(version: Optional[Tuple[int, ...]]) -> str:
 def _json_version(data: bytes) -> Optional[Tuple[int, ...]]:
     # The top level's "version" is its last key (XGBoost writes keys sorted): the last match.
     found = None
-    for found in _JSON_VERSION.finditer(data):
+    for found in _JSON_VERSION.finditer(data):  # noqa: B007 (the loop only walks to the last match)
         pass
     return tuple(int(part) for part in found.groups()) if found else None
 
@@ -164,7 +164,7 @@ def _ubj_version(data: bytes) -> Optional[Tuple[int, ...]]:
         if view[at + 1 : at + 2] not in sizes:
             return None
         at += 2 + struct.calcsize(sizes[view[at + 1 : at + 2]])
-    parts = []
+    parts: list = []
     try:
         while len(parts) < 3:
             marker = typed or view[at : at + 1]

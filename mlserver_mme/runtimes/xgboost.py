@@ -10,7 +10,6 @@ a new artifact answers what its training answered is ``crosscheck``'s.
 import functools
 import json
 import os
-
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -21,10 +20,10 @@ from mlserver.codecs import NumpyRequestCodec
 from mlserver.types import InferenceRequest, InferenceResponse
 
 from ..errors import BadPayload, BrokenModel, ModelStillLoading, describe
-from ..payloads.codecs import MAX_ROWS, Features
 from ..threads import in_loads
 from . import crosscheck, model_file
 from .gtil import Predictor, exact_gtil, gtil_predictor
+from .protocol import MAX_ROWS, FeaturePredictor, Features
 
 PREFERRED_FILES = ("xgboost-model", "model.json", "model.ubj", "model.bst")
 MAX_PREDICTIONS = MAX_ROWS  # values in one answer: a million rows of one prediction each
@@ -245,7 +244,7 @@ def _predict(
         raise BadPayload(f"XGBoost rejected the input: {describe(error)}") from None
 
 
-class XGBoostModel(MLModel):
+class XGBoostModel(MLModel, FeaturePredictor):
     """Serves one XGBoost booster, through V2 and through the SageMaker router.
 
     ``parameters.uri`` is the unpacked artifact's folder; ``parameters.extra`` may

@@ -50,6 +50,18 @@ SERVER_WEIGHT = 100
 TARGET_HEADER = "X-Amzn-SageMaker-Target-Model"
 
 
+# The target a V2 path names (naming.py's rule read backwards), as txn.key; txn.name is set when the path is
+# a V2 model's. deploy/kubernetes/haproxy.cfg holds these very lines (a test compares them).
+V2_KEY_RULES = """\
+    http-request set-var(txn.path) path,url_dec
+    http-request set-var(txn.name) var(txn.path),field(4,/) if { var(txn.path) -m beg /v2/models/ }
+    http-request set-var(txn.name) var(txn.path),field(5,/) if { var(txn.path) -m beg /v2/repository/models/ }
+    # V2 name -> target path (naming.py backwards): "~XX" is byte XX; a final "~" means no ".tar.gz"
+    http-request set-var(txn.key) var(txn.name),regsub(~$,),regsub(~,%,g),url_dec if { var(txn.name) -m end ~ }
+    http-request set-var(txn.key) var(txn.name),regsub(~,%,g),url_dec,concat(.tar.gz) if { var(txn.name) -m found } !{ var(txn.name) -m end ~ }
+"""
+
+
 def render(shards: Iterable[Shard], host: str, http_port: int, metrics_port: int,
            balance_factor: int = HASH_BALANCE_FACTOR) -> str:
     shards = list(shards)
@@ -100,13 +112,7 @@ frontend mme
     bind {bind_host}:{http_port}
     # The model a request names: the V2 name in a V2 path, else the target-model header. The path is
     # decoded first, as the shards' HTTP server decodes it: /v2%2Fmodels/... is a V2 call there too.
-    http-request set-var(txn.path) path,url_dec
-    http-request set-var(txn.name) var(txn.path),field(4,/) if {{ var(txn.path) -m beg /v2/models/ }}
-    http-request set-var(txn.name) var(txn.path),field(5,/) if {{ var(txn.path) -m beg /v2/repository/models/ }}
-    # V2 name -> target path (naming.py backwards): "~XX" is byte XX; a final "~" means no ".tar.gz"
-    http-request set-var(txn.key) var(txn.name),regsub(~$,),regsub(~,%,g),url_dec if {{ var(txn.name) -m end ~ }}
-    http-request set-var(txn.key) var(txn.name),regsub(~,%,g),url_dec,concat(.tar.gz) if {{ var(txn.name) -m found }} !{{ var(txn.name) -m end ~ }}
-    http-request set-var(txn.key) req.fhdr({TARGET_HEADER}) if !{{ var(txn.name) -m found }}
+{V2_KEY_RULES}    http-request set-var(txn.key) req.fhdr({TARGET_HEADER}) if !{{ var(txn.name) -m found }}
     http-response set-header X-MME-Shard %[srv_name]
     use_backend v2 if {{ var(txn.name) -m found }}
     default_backend sagemaker

@@ -24,8 +24,8 @@ import shlex
 import shutil
 import sys
 
-from . import haproxy
 from ..config import load_settings
+from . import haproxy
 from .shards import DEFAULT_SHARD_PORT, PORTS_PER_SHARD, plan, shard_count
 
 HOST = re.compile(r"[A-Za-z0-9.:\-\[\]]*")  # what HAProxy's bind line may get from MLSERVER_HOST
@@ -136,7 +136,7 @@ def _count(settings) -> int:
     if settings.sagemaker_multi_model and count > 1:
         # The hosting contract keeps state the front cannot split: SageMaker lists loaded models
         # (GET /models) and loads each one once, explicitly, so a model must never move.
-        if text.strip().lower() != "auto":
+        if (text or "").strip().lower() != "auto":
             raise ServeError("SAGEMAKER_MULTI_MODEL=true (SageMaker's hosting contract) is served by one shard only")
         return 1
     return count

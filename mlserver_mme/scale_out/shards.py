@@ -69,9 +69,9 @@ def _cgroup_cpu_quota() -> Optional[float]:
     except (OSError, ValueError):
         pass
     try:  # cgroup v1
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as quota, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as period:
-            value = int(quota.read())
-            return None if value <= 0 else value / int(period.read())
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as quota_file, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as period_file:
+            value = int(quota_file.read())
+            return None if value <= 0 else value / int(period_file.read())
     except (OSError, ValueError):
         return None
 
