@@ -34,17 +34,16 @@ import tempfile
 import time
 
 import aiohttp
+import loadgen
 import numpy as np
 import orjson
 import pandas as pd
 import scipy.sparse
-
-import loadgen
 import systems
 from common import BODY, BUCKET, PREFIX, ROOT, http_client, percentile, s3_with_models
 from compare import run
-from artifacts import booster as example_booster  # tests/, put on the path by common
-from recordio_writer import dense_records
+from support.artifacts import booster as example_booster  # tests/ is put on the path by common
+from support.recordio_writer import dense_records
 
 TARGET = "Houston_TX.tar.gz"
 BATCH_BYTES = 5_000_000
@@ -306,7 +305,8 @@ def main():
             for kind, (body, count) in bodies.items():
                 log(f"2. {kind}")
                 server_ms = repeat_ms(post_sync(http, kind, body), args.repeats, args.repeat_seconds)
-                floor_ms = repeat_ms(lambda: floor_answer(booster, FLOOR_READERS[kind], body), args.repeats, args.repeat_seconds)
+                floor_ms = repeat_ms(lambda kind=kind, body=body: floor_answer(booster, FLOOR_READERS[kind], body),
+                                     args.repeats, args.repeat_seconds)
                 floor_rows.append((kind, len(body), count, server_ms, floor_ms))
             log("3. one-row CPU: mlserver-mme")
             ours = one_row_cpu(server, args)

@@ -36,11 +36,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-
 import loadgen
 from cache import zipf_trace
 from common import BODY, ROOT, lru_hit_ratio, s3_env, s3_with_models
-from mlserver_process import free_port, free_port_block, terminate
+from support.mlserver_process import free_port, free_port_block, terminate
 
 from mlserver_mme.scale_out.shards import shard_count
 
@@ -259,7 +258,7 @@ def hot_model(s3, work, duration):
         for conc in (1, 16):
             shards = Counter()
 
-            async def request(session):
+            async def request(session, shards=shards):
                 async with session.post(served.url + "/invocations", data=BODY,
                                         headers={**CSV_HEADERS, "X-Amzn-SageMaker-Target-Model": "hot.tar.gz"}) as reply:
                     await reply.read()
@@ -304,7 +303,7 @@ def throughput(s3, work, targets, rounds, duration, warmup, conc):
         }
         # Under load, bounded load sends some requests to a model's second shard, which loads it: let those
         # loads happen before measuring.
-        for name, (served, url_of) in systems.items():
+        for served, url_of in systems.values():
             run(loadgen.closed_loop(warm_request(url_of, targets), conc, warmup, 0.0, served.pid))
         pss = {name: loadgen.tree_pss_bytes(served.pid) for name, (served, _) in systems.items()}
         samples = {name: [] for name in systems}

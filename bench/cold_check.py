@@ -25,11 +25,11 @@ import time
 # The server predicts on one thread; so does the floor (xgboost's default, every core, is noisy on 2 cores).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import mlserver_mme  # noqa: E402
-
 from common import ROOT, http_client, mme_server, percentile, s3_with_models, timed_call
 from compare import floor_cold
 from loadgen import tree_pids
+
+import mlserver_mme  # noqa: E402
 
 WARM_UP = "cold/warm-up.tar.gz"
 

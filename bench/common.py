@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: moto's S3 server and an mlserver process on loopback.
 
-They reuse the test suite's helpers (``tests/s3server.py``, ``tests/mlserver_process.py``).
+They reuse the test suite's helpers (``tests/support/s3server.py``, ``tests/support/mlserver_process.py``).
 """
 
 import collections
@@ -16,10 +16,9 @@ import httpx
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from artifacts import example_bytes  # noqa: E402
-from conftest import BUCKET, CREDENTIALS, PREFIX, _lower, s3_env  # noqa: E402
-from mlserver_process import MLServerProcess  # noqa: E402
-from s3server import CountingS3Server  # noqa: E402
+from support.artifacts import example_bytes  # noqa: E402
+from support.mlserver_process import MLServerProcess  # noqa: E402
+from support.s3server import BUCKET, PREFIX, CountingS3Server, boto3_credentials, s3_env  # noqa: E402
 
 BODY = b"1995,3000,3,2,1.0,2\n"
 MODEL = example_bytes("Houston_TX.tar.gz")
@@ -30,7 +29,7 @@ def s3_with_models(targets):
     """Moto's S3 server holding a copy of a bundled model under each target."""
     s3 = CountingS3Server().start()
     try:
-        client = boto3.client("s3", endpoint_url=s3.url, **_lower(CREDENTIALS))
+        client = boto3.client("s3", endpoint_url=s3.url, **boto3_credentials())
         client.create_bucket(Bucket=BUCKET)
         for target in targets:
             client.put_object(Bucket=BUCKET, Key=PREFIX + target, Body=MODEL)

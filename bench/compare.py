@@ -31,11 +31,10 @@ import time
 
 import boto3
 import httpx
-import numpy as np
-import xgboost as xgb
-
 import loadgen
+import numpy as np
 import systems
+import xgboost as xgb
 from common import BODY, MODEL, lru_hit_ratio, s3_with_models
 
 try:

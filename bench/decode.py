@@ -26,7 +26,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from recordio_writer import dense_records  # noqa: E402
+from support.recordio_writer import dense_records  # noqa: E402
 
 from mlserver_mme.payloads import codecs as payloads  # noqa: E402
 

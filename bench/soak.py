@@ -19,7 +19,7 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import mme_server, percentile, s3_with_models  # noqa: E402
-from mixed_traffic import Tally, bad_body, bad_target, invoke, run, v2_index, v2_infer, v2_load_unload  # noqa: E402
+from support.mixed_traffic import Tally, bad_body, bad_target, invoke, run, v2_index, v2_infer, v2_load_unload  # noqa: E402
 
 CHURNED = [f"churn/m{i:02d}.tar.gz" for i in range(12)]
 WARM = "warm/Houston_TX.tar.gz"

@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import mme_server, s3_with_models  # noqa: E402
-from mixed_traffic import TRANSPORT_ERROR, Tally, invoke, run, v2_load_unload  # noqa: E402
+from support.mixed_traffic import TRANSPORT_ERROR, Tally, invoke, run, v2_load_unload  # noqa: E402
 
 CHURNED = ["NewYork_NY.tar.gz", "LosAngeles_CA.tar.gz"]
 STEADY = ["Chicago_IL.tar.gz", "Houston_TX.tar.gz"]
@@ -34,7 +34,7 @@ async def after(url: str) -> Tally:
     tally = Tally()
     for target in CHURNED + STEADY:
         done = []
-        await run(url, [invoke([target])], tally, 0, stop=lambda: bool(done) or done.append(1))
+        await run(url, [invoke([target])], tally, 0, stop=lambda done=done: bool(done) or done.append(1))
     return tally
 
 

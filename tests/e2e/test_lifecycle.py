@@ -1,0 +1,203 @@
+"""The model cache lifecycle with a real server and S3 endpoint: one server per scenario."""
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from support.artifacts import EXPECTED, example_bytes, legacy_model_bytes, tar_bytes
+from support.serving import call, gated_artifact, loaded, metric, wait_until
+
+HOUSTON = EXPECTED["predictions"]["Houston_TX.tar.gz"][:1]
+CHICAGO = EXPECTED["predictions"]["Chicago_IL.tar.gz"][:1]
+
+
+def houston(prefix, *names):
+    for name in names:
+        prefix.put(f"{name}.tar.gz", example_bytes("Houston_TX.tar.gz"))
+
+
+def test_least_recently_used_is_unloaded_and_comes_back_from_disk(prefix, start_server):
+    houston(prefix, "a", "b", "c", "d")
+    server = start_server(max_loaded_models=2)
+    for name in ("a", "b", "c"):
+        assert call(server, f"{name}.tar.gz").json() == HOUSTON
+    assert loaded(server) == {"b", "c"}
+    assert call(server, "b.tar.gz").status_code == 200  # b is now the most recent
+    assert call(server, "d.tar.gz").status_code == 200
+    assert loaded(server) == {"b", "d"}
+    assert call(server, "a.tar.gz").json() == HOUSTON
+    assert loaded(server) == {"d", "a"}
+    assert [prefix.gets(f"{name}.tar.gz") for name in "abcd"] == [1, 1, 1, 1]  # a reloaded from disk
+
+
+def test_sixty_four_concurrent_cold_requests_download_and_load_once(prefix, start_server):
+    houston(prefix, "one")
+    server = start_server()
+    with ThreadPoolExecutor(64) as pool:
+        replies = list(pool.map(lambda _: call(server, "one.tar.gz"), range(64)))
+    assert [r.status_code for r in replies] == [200] * 64
+    assert all(r.json() == HOUSTON for r in replies)
+    assert prefix.gets("one.tar.gz") == 1
+    assert server.log().count("event=load model=one.tar.gz") == 1
+
+
+def test_a_model_with_a_request_in_flight_is_not_unloaded(prefix, start_server, tmp_path):
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    prefix.put("slow.tar.gz", gated_artifact(predict_started=str(started), predict_gate=str(gate)))
+    houston(prefix, "other")
+    server = start_server(max_loaded_models=1)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(call, server, "slow.tar.gz", b"1,2,3\n")
+        wait_until(started.exists, message="slow predict started")
+        assert call(server, "other.tar.gz").json() == HOUSTON  # over the limit: slow is in flight
+        assert loaded(server) == {"slow", "other"}
+        gate.touch()
+        assert slow.result(60).json() == [6.0]
+    houston(prefix, "third")
+    assert call(server, "third.tar.gz").status_code == 200
+    assert loaded(server) == {"third"}
+
+
+def test_disk_budget_deletes_least_recently_used_unloaded_artifacts(prefix, start_server, tmp_path):
+    houston(prefix, "a", "b", "c")
+    server = start_server(max_loaded_models=1, disk_limit=2 * len(legacy_model_bytes()) + 1000)
+    for name in ("a", "b", "c"):
+        assert call(server, f"{name}.tar.gz").status_code == 200
+    # deletions run after the answer, off the request's path
+    wait_until(lambda: len(os.listdir(tmp_path / "cache" / "models")) == 2, message="the disk budget applied")
+    assert call(server, "b.tar.gz").status_code == 200
+    assert prefix.gets("b.tar.gz") == 1  # still on disk
+    assert call(server, "a.tar.gz").status_code == 200
+    assert prefix.gets("a.tar.gz") == 2  # was deleted: downloaded again
+
+
+def test_restart_reuses_the_cache_and_removes_leftovers(prefix, start_server, tmp_path):
+    houston(prefix, "kept")
+    first = start_server()
+    assert call(first, "kept.tar.gz").json() == HOUSTON
+    first.stop()
+    leftover = tmp_path / "cache" / "partial" / "interrupted"
+    leftover.mkdir(parents=True)
+    (leftover / "artifact").write_bytes(b"half a download")
+    second = start_server()
+    assert not leftover.exists()
+    assert call(second, "kept.tar.gz").json() == HOUSTON
+    assert prefix.gets("kept.tar.gz") == 1
+    assert prefix.heads("kept.tar.gz") == 1  # the ETag check
+
+
+def test_a_changed_artifact_after_restart_is_downloaded_again(prefix, start_server):
+    houston(prefix, "m")
+    first = start_server()
+    assert call(first, "m.tar.gz").json() == HOUSTON
+    first.stop()
+    prefix.put("m.tar.gz", example_bytes("Chicago_IL.tar.gz"))
+    second = start_server()
+    assert call(second, "m.tar.gz").json() == CHICAGO
+    assert prefix.gets("m.tar.gz") == 2
+
+
+def test_long_load_answers_model_not_ready_and_goes_on(prefix, start_server, tmp_path):
+    gate = tmp_path / "gate"
+    prefix.put("slow.tar.gz", gated_artifact(load_gate=str(gate)))
+    server = start_server(load_wait_timeout=0.5)
+    reply = call(server, "slow.tar.gz", b"1,2\n")
+    assert reply.status_code == 429
+    assert reply.headers["x-amzn-errortype"] == "ModelNotReadyException"
+    assert httpx.get(server.url + "/ping").status_code == 200
+    gate.touch()
+    wait_until(lambda: call(server, "slow.tar.gz", b"1,2\n").status_code == 200, message="load finished")
+    assert prefix.gets("slow.tar.gz") == 1
+
+
+def test_a_failure_is_remembered_not_retried_by_every_client_retry(prefix, start_server):
+    prefix.put("bad.tar.gz", tar_bytes({"xgboost-model": b"not a model"}))
+    server = start_server(failure_ttl=60)
+    replies = [call(server, "bad.tar.gz") for _ in range(5)]
+    assert [r.status_code for r in replies] == [424] * 5
+    assert len({r.json()["OriginalMessage"] for r in replies}) == 1
+    assert prefix.gets("bad.tar.gz") == 1
+    assert server.log().count("event=load-failed model=bad.tar.gz") == 1
+    # an operator fixes the artifact and loads it over V2: tried again at once, not answered from memory
+    houston(prefix, "bad")
+    assert httpx.post(f"{server.url}/v2/repository/models/bad/load", timeout=60).status_code == 200
+    assert call(server, "bad.tar.gz").json() == HOUSTON
+
+
+def test_a_failure_is_retried_once_forgotten(prefix, start_server):
+    server = start_server(failure_ttl=0)
+    assert call(server, "late.tar.gz").status_code == 400  # not there yet
+    houston(prefix, "late")
+    assert call(server, "late.tar.gz").json() == HOUSTON
+
+
+def test_revalidated_update_swaps_without_a_failed_request(prefix, start_server):
+    houston(prefix, "m")
+    server = start_server(revalidate_after=0.2)
+    assert call(server, "m.tar.gz").json() == HOUSTON
+    prefix.put("m.tar.gz", example_bytes("Chicago_IL.tar.gz"))
+    answers = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        reply = call(server, "m.tar.gz")
+        assert reply.status_code == 200, reply.text
+        answers.append(reply.json())
+        if answers[-1] == CHICAGO:
+            break
+    assert answers[-1] == CHICAGO
+    assert all(answer in (HOUSTON, CHICAGO) for answer in answers)
+    assert prefix.gets("m.tar.gz") == 2
+    assert "event=update model=m.tar.gz" in server.log()
+
+
+def test_preloaded_models_are_loaded_at_start_and_never_unloaded(prefix, start_server):
+    houston(prefix, "pin1", "pin2", "x", "y")
+    server = start_server(preload="pin1.tar.gz, pin2.tar.gz", max_loaded_models=1)
+    assert loaded(server) == {"pin1", "pin2"}
+    for name in ("x", "y", "pin1"):
+        assert call(server, f"{name}.tar.gz").json() == HOUSTON
+    assert loaded(server) == {"pin1", "pin2", "y"}
+    assert prefix.gets("pin1.tar.gz") == 1
+
+
+def test_v2_loads_and_unloads_take_part_in_the_bookkeeping(prefix, start_server):
+    houston(prefix, "v", "s1", "s2")
+    server = start_server(max_loaded_models=2)
+    assert httpx.post(f"{server.url}/v2/repository/models/v/load", timeout=60).status_code == 200
+    assert call(server, "s1.tar.gz").status_code == 200
+    assert call(server, "s2.tar.gz").status_code == 200
+    assert loaded(server) == {"s1", "s2"}  # v was the least recently used
+    assert httpx.post(f"{server.url}/v2/repository/models/s1/unload").status_code == 200
+    assert call(server, "v.tar.gz").json() == HOUSTON
+    assert loaded(server) == {"s2", "v"}
+    assert prefix.gets("v.tar.gz") == 1
+
+
+def test_a_model_that_cannot_fit_gets_a_clear_error(prefix, start_server):
+    houston(prefix, "big")
+    server = start_server(memory_limit="1MB")
+    reply = call(server, "big.tar.gz")
+    assert reply.status_code == 424
+    assert reply.json()["OriginalStatusCode"] == 507
+    assert "does not fit in the memory limit" in reply.json()["OriginalMessage"]
+    assert loaded(server) == set()
+    assert httpx.get(server.url + "/ping").status_code == 200
+
+
+def test_metrics_count_hits_misses_loads_and_evictions(prefix, start_server):
+    houston(prefix, "a", "b")
+    server = start_server(max_loaded_models=1)
+    for name in ("a", "a", "a", "b"):
+        assert call(server, f"{name}.tar.gz").status_code == 200
+    text = httpx.get(f"http://127.0.0.1:{server.env['MLSERVER_METRICS_PORT']}/metrics").text
+    assert metric(text, "mme_model_cache_hits_total") == 2
+    assert metric(text, "mme_model_cache_misses_total") == 2
+    assert metric(text, "mme_loaded_models") == 1
+    assert metric(text, 'mme_evictions_total{reason="count"}') == 1
+    assert metric(text, "mme_model_loading_seconds_count") == 2
+    assert metric(text, "mme_model_downloading_seconds_count") == 2
+    assert metric(text, "mme_model_unloading_seconds_count") == 1
+    assert metric(text, "mme_downloaded_bytes_total") == 2 * len(example_bytes("Houston_TX.tar.gz"))
+    assert metric(text, "mme_disk_bytes") == 2 * len(legacy_model_bytes())
+    assert metric(text, "mme_model_loading_wait_seconds_count") == 2  # the requests that waited

@@ -1,0 +1,77 @@
+"""The XGBoost runtime's prediction when its model is unloaded under a batch in a pool thread."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from mlserver.settings import ModelSettings
+
+from mlserver_mme.errors import BadPayload, ModelStillLoading
+from mlserver_mme.runtimes.xgboost import XGBoostModel, batch_predictor
+
+
+def test_a_model_unloaded_under_a_request_answers_retry_not_500():
+    model = XGBoostModel(ModelSettings(name="m", implementation=XGBoostModel))
+    model._num_features, model._outputs = 6, 1  # as after a load; the unload then cleared the booster
+    with pytest.raises(ModelStillLoading, match="retry"):
+        model.predict_features(np.zeros((1, 6)))
+
+
+def test_a_predictor_taken_before_an_unload_or_a_swap_still_predicts():
+    from support.artifacts import ROWS, booster
+
+    model = XGBoostModel(ModelSettings(name="m", implementation=XGBoostModel))
+    loaded = booster()
+    model._booster, model._num_features, model._outputs = loaded, loaded.num_features(), 1
+    model._batch = batch_predictor(loaded)
+    predict = model.predictor()  # taken on the loop when the request got its model
+    asyncio.run(model.unload())  # then an update swaps the version out before the batch thread runs
+    rows = np.asarray(ROWS, dtype=np.float32)
+    assert predict(rows).tolist() == loaded.inplace_predict(rows).tolist()
+    with pytest.raises(ModelStillLoading):
+        model.predictor()(rows)
+
+
+def _loaded(tmp_path, monkeypatch, **extra) -> XGBoostModel:
+    from mlserver.settings import ModelParameters
+    from support.artifacts import legacy_model_bytes
+
+    from mlserver_mme.runtimes import xgboost as runtime
+
+    (tmp_path / "xgboost-model").write_bytes(legacy_model_bytes())
+    probes = []
+    def probed(booster, trees, nthread):
+        probes.append(trees)
+        return runtime.gtil_predictor(booster, nthread)
+
+    monkeypatch.setattr(runtime, "exact_gtil", probed)
+    model = XGBoostModel(ModelSettings(name="m", implementation=XGBoostModel,
+                                       parameters=ModelParameters(uri=str(tmp_path), extra=extra)))
+    asyncio.run(model.load())
+    model.probes = len(probes)
+    return model
+
+
+def test_a_load_takes_the_checks_verdict_on_gtil_instead_of_probing_again(tmp_path, monkeypatch):
+    from support.artifacts import EXPECTED, ROWS
+
+    rows = np.asarray(ROWS, dtype=np.float32)
+    proven = _loaded(tmp_path, monkeypatch, gtil_exact=True)
+    assert proven.probes == 0 and proven._gtil is not None
+    assert proven.predict_features(rows).tolist() == EXPECTED["predictions"]["Houston_TX.tar.gz"]
+    refused = _loaded(tmp_path, monkeypatch, gtil_exact=False)
+    assert refused.probes == 0 and refused._gtil is None
+    unknown = _loaded(tmp_path, monkeypatch)  # no check result at hand (an older cache): probed here
+    assert unknown.probes == 1 and unknown._gtil is not None
+
+
+@pytest.mark.parametrize("rows", [1, 64, 65])
+def test_a_tensor_of_words_is_a_bad_payload_whatever_the_batch(rows):
+    from mlserver.types import InferenceRequest
+
+    model = XGBoostModel(ModelSettings(name="m", implementation=XGBoostModel))
+    request = InferenceRequest.model_validate(
+        {"inputs": [{"name": "x", "shape": [rows, 1], "datatype": "BYTES", "data": ["word"] * rows}]}
+    )
+    with pytest.raises(BadPayload, match="numeric tensor"):
+        asyncio.run(model.predict(request))
