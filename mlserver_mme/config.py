@@ -39,9 +39,9 @@ class MMESettings(BaseSettings):
     validation_seconds: int = 30
     """CPU seconds a new artifact's check may use (it is stopped after twice that in wall time)."""
 
-    check_spares: Optional[int] = Field(None, ge=0)
-    """Check children kept forked, confined and warmed up in advance (about 9 MiB of their own each); None:
-    one per CPU, 0: none (each check forks its own)."""
+    check_spares: int = Field(2, ge=0)
+    """Check children kept forked, confined and warmed up in advance, per server process (shard): about
+    9 MiB of their own each, outside the memory budget. 0: each check forks its own child."""
 
     max_unpacked_bytes: int = 4 * 1024**3
     """Refuse an archive whose unpacked content is larger than this."""

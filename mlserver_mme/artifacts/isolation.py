@@ -32,6 +32,7 @@ spare ready, forks a child of its own. Spares are forked by the fork server, so
 """
 
 import atexit
+import ctypes
 import errno
 import gc
 import json
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
 from ..errors import describe
+from ..observability.memory import release_free_memory
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,9 @@ def start(preload: list, limits: Optional[Limits] = None, warm_up: Optional[Call
     """
     global _spares
     _context.set_forkserver_preload([*preload, __name__])  # children then import nothing from disk
-    if _spares is not None:  # started again (a second repository in one process): the old spares go
+    if _spares is not None and (_spares.limits, _spares.warm_up, _spares.count) == (limits, warm_up, spares):
+        return  # MLServer makes its repository twice at start-up: the spares forked for the first serve on
+    if _spares is not None:  # started again otherwise: the old spares go
         _spares.close()
         _spares = None
     if spares and limits is not None:
@@ -175,13 +179,15 @@ def _spare_child(tasks, answers, limits: Limits, workdir: str, warm_up: Optional
         warm_up()
         gc.collect()
         gc.freeze()
-    _limit_self(limits)
+        release_free_memory()  # what the warm-up freed is not room for the check
     answers.send_bytes(READY)
     try:
         check, args = tasks.recv()  # pickled by the server: trusted
     except EOFError:  # discarded unused, or the server is gone
         return
     tasks.close()
+    # Limited only now: the CPU time and memory counted are the check's, not what the spare did while waiting.
+    _limit_self(limits)
     _check_and_answer(answers, limits, check, args)
 
 
@@ -201,7 +207,7 @@ def _limit_self(limits: Limits) -> None:
     with open("/proc/self/statm") as statm:
         address_space = int(statm.read().split()[0]) * page
     resource.setrlimit(resource.RLIMIT_AS, (address_space + limits.memory_bytes,) * 2)
-    used = resource.getrusage(resource.RUSAGE_SELF)  # a spare's warm-up is not the check's time
+    used = resource.getrusage(resource.RUSAGE_SELF)  # a spare's warm-up and wait are not the check's time
     seconds = math.ceil(used.ru_utime + used.ru_stime) + limits.cpu_seconds
     resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -225,6 +231,8 @@ def _confine(keep_fds: tuple, workdir: str) -> None:
     """Leave the child nothing to reach the server, its secrets or other files with."""
     os.chdir(workdir)
     os.environ.clear()
+    _erase_initial_environment()
+    _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)  # /proc/<pid>/ of this child: its owner's processes cannot read it
     null = os.open(os.devnull, os.O_RDWR)
     for standard in (0, 1, 2):
         os.dup2(null, standard)
@@ -236,6 +244,20 @@ def _confine(keep_fds: tuple, workdir: str) -> None:
                 pass  # the listing's own descriptor, closed already
     if _make_filter is not None:
         _make_filter().load()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_DUMPABLE = 4
+
+
+def _erase_initial_environment() -> None:
+    """Zero the environment the process started with: ``os.environ.clear()`` only drops the pointers, and
+    ``/proc/self/environ`` reads that memory (the fork server's environment is the server's, secrets included)."""
+    with open("/proc/self/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    start, end = int(fields[47]), int(fields[48])  # env_start, env_end: fields 50 and 51 of stat
+    if 0 < start < end:
+        ctypes.memset(start, 0, end - start)
 
 
 def _seccomp_filter():
@@ -268,6 +290,20 @@ def _seccomp_filter():
 _make_filter = _seccomp_filter()  # made at import: in the server (which logs a problem) and the fork server
 
 
+def _harden_fork_server() -> None:
+    """In the fork server (which imports this module at start): keep no environment, and let no other process
+    read its memory. Its children, whose parent it is, would otherwise find the server's secrets there."""
+    with open("/proc/self/cmdline", "rb") as cmdline:
+        if b"multiprocessing.forkserver import main" not in cmdline.read():
+            return
+    os.environ.clear()
+    _erase_initial_environment()
+    _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+_harden_fork_server()
+
+
 def _warm_up() -> None:
     process = _context.Process(target=_nothing, daemon=True)
     process.start()
@@ -292,9 +328,16 @@ class _Spare:
         self.process = _context.Process(
             target=_spare_child, args=(task_end, answer_end, limits, self.workdir, warm_up), daemon=True
         )
-        self.process.start()
-        task_end.close()
-        answer_end.close()
+        try:
+            self.process.start()
+        except BaseException:
+            for end in (self.tasks, self.answers):
+                end.close()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
+        finally:
+            task_end.close()
+            answer_end.close()
         self.ready = False
 
     def state(self) -> str:
@@ -373,7 +416,7 @@ class _SpareChildren:
                     return
             try:
                 spare = _Spare(self.limits, self.warm_up)
-            except OSError as error:  # out of processes or descriptors: checks fork their own children
+            except Exception as error:  # out of processes or descriptors, the fork server gone: checks fork their own
                 logging.getLogger("mlserver.mme").warning("event=check-spare-failed reason=%s", describe(error))
                 with self.lock:
                     self.failures += 1

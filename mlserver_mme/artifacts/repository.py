@@ -63,7 +63,7 @@ class MMERepository(SchemalessModelRepository):
         isolation.start(
             ["__main__", "mlserver.cli", check_model_file.__module__],
             limits=self.check_limits, warm_up=warm_up_check,
-            spares=check_slots if self.settings.check_spares is None else self.settings.check_spares,
+            spares=self.settings.check_spares,
         )
         disk_limit = self.settings.disk_limit
         os.makedirs(self.settings.cache_dir, exist_ok=True)

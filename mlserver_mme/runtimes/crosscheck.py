@@ -105,14 +105,14 @@ def check_agreement(
     answers = {"margins": ("margins", everything, _margins(booster, rows, linear))}
     if "dense" in expected:
         answers.update(_answers(predict, rows, max_rows, outputs))
+    clear = {}  # kind: where a discrete answer is clear of rounding (compared there only)
     if objective in DISCRETE_OBJECTIVES and "dense" in expected and reference is not None:
         margins = treelite.gtil.predict(reference, sparse_rows, nthread=1, pred_margin=True)
-        expected["dense"], clear = _decided(objective, expected["margins"])
-        expected["sparse"], clear_sparse = _decided(objective, margins)
-        clear = {"dense": clear, "sparse": clear_sparse}
+        expected["dense"], clear["dense"] = _decided(objective, expected["margins"])
+        expected["sparse"], clear["sparse"] = _decided(objective, margins)
     for shape, (kind, asked, answer) in answers.items():
         wanted = np.asarray(expected[kind]).reshape(len(rows), -1)[asked]
-        if objective in DISCRETE_OBJECTIVES and kind in clear:  # a class or sign a rounding could flip: not compared
+        if kind in clear:  # a class or sign a rounding could flip: not compared
             answer = np.where(clear[kind][asked], np.asarray(answer).reshape(wanted.shape), wanted)
         difference = _difference(answer, wanted)
         if difference:
@@ -199,15 +199,15 @@ def probe_rows(model: dict, num_features: int) -> np.ndarray:
 def _leaf_rows(trees: List[dict], num_features: int) -> np.ndarray:
     """One row per leaf (up to ``MAX_LEAF_ROWS``), its features set to go down that leaf's path.
 
-    Whole trees are taken in order while their nodes add up to at most ``MAX_WALK_NODES``. Every leaf
-    walks up its parents at once, one level per step (NumPy over all leaves), so a leaf's row follows
-    the ``MAX_PATH_STEPS`` splits nearest to it.
+    Whole trees are taken in order (the first whatever its size) while their nodes add up to at most
+    ``MAX_WALK_NODES``. Every leaf walks up its parents at once, one level per step (NumPy over all
+    leaves), so a leaf's row follows the ``MAX_PATH_STEPS`` splits nearest to it.
     """
     taken: List[dict] = []
     nodes = 0
     for tree in trees:
         size = len(tree["left_children"])
-        if nodes + size > MAX_WALK_NODES or (len(taken) and nodes // 2 >= MAX_LEAF_ROWS):
+        if taken and (nodes + size > MAX_WALK_NODES or nodes // 2 >= MAX_LEAF_ROWS):  # the first tree, whatever its size
             break
         taken.append(tree)
         nodes += size
@@ -259,7 +259,7 @@ def _linear_margin(model: dict, rows: np.ndarray) -> np.ndarray:
     groups = model_file.outputs(model["learner"]["learner_model_param"])
     weights = np.asarray(model["learner"]["gradient_booster"]["model"]["weights"], dtype=np.float64)
     weights = weights.reshape(-1, groups)
-    base = _base_margin(model)
+    base = _base_margin(model)[:1]  # XGBoost's gblinear adds the first base score to every output (3.1+ store one per class)
     return np.nan_to_num(rows.astype(np.float64), nan=0.0) @ weights[:-1] + weights[-1] + base
 
 

@@ -189,6 +189,13 @@ def reach_out(secret_name, victim, parent):
     import socket
 
     found = {"secret": os.environ.get(secret_name), "cwd_empty": os.listdir(".") == []}
+    # The environment's memory, its own and its parent's (the fork server's), as /proc shows it: names left?
+    for who, process in (("self", "self"), ("parent", str(os.getppid()))):
+        try:
+            with open(f"/proc/{process}/environ", "rb") as environ:
+                found[f"environ {who}"] = environ.read().replace(b"\0", b"").decode(errors="replace")
+        except OSError as error:
+            found[f"environ {who}"] = errno_name(error)
     found["fds"] = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
     attempts = {
         "connect": lambda: socket.create_connection(("127.0.0.1", 9), timeout=1),
@@ -221,6 +228,8 @@ def test_the_child_has_no_secret_network_signal_or_file_changes(tmp_path, monkey
     child(ROOMY)
     found = isolation.run(reach_out, "MME_TEST_SECRET", str(victim), os.getpid(), limits=ROOMY)
     assert found["secret"] is None and found["cwd_empty"]
+    assert found["environ self"] == ""  # zeroed, not only dropped from os.environ
+    assert found["environ parent"] in ("", "EACCES", "EPERM")  # the fork server: erased and not readable
     assert len(found["fds"]) <= 5  # 0, 1, 2 on /dev/null, the answer pipe, the listing's own
     for attempt in ("connect", "signal", "rename", "unlink", "overwrite", "create", "run"):
         assert found[attempt] == "EPERM", (attempt, found)

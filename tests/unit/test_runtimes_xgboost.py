@@ -75,3 +75,25 @@ def test_a_tensor_of_words_is_a_bad_payload_whatever_the_batch(rows):
     )
     with pytest.raises(BadPayload, match="numeric tensor"):
         asyncio.run(model.predict(request))
+
+
+@pytest.mark.parametrize(
+    "objective, classes", [("multi:softprob", 3), ("multi:softmax", 3), ("binary:hinge", 2)]
+)
+def test_linear_models_of_several_classes_or_a_sign_pass_the_check_and_answer_as_xgboost(tmp_path, objective, classes):
+    """XGBoost's gblinear adds the first base score to every class (3.1+ keep one per class): the check's
+    NumPy reading must too, and a discrete objective has no rounding-clear mask to share with trees."""
+    import xgboost as xgb
+
+    from mlserver_mme.runtimes.xgboost import check_model_file, load_booster
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(300, 4)).astype(np.float32)
+    labels = ((rows[:, 0] > 0).astype(int) + (rows[:, 1] > 0)) % classes
+    extra = {"num_class": classes} if objective.startswith("multi") else {}
+    booster = xgb.train({"booster": "gblinear", "objective": objective, **extra}, xgb.DMatrix(rows, labels), 5)
+    path = str(tmp_path / "model.json")
+    booster.save_model(path)
+    assert check_model_file(path, False)["compared_with"] == "a NumPy evaluation"
+    served = load_booster(path, False, 1).predict(xgb.DMatrix(rows[:20]))
+    assert np.array_equal(served, booster.predict(xgb.DMatrix(rows[:20])))
