@@ -106,7 +106,9 @@ class S3Store:
     """An S3 prefix, reached through boto3's standard configuration chain.
 
     Endpoint (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), credentials, region
-    and retries all come from boto3's usual sources.
+    and retries all come from boto3's usual sources, and the region also from ``AWS_REGION``
+    (which the AWS SDKs and our Kubernetes ConfigMap use, and this botocore would ignore), before
+    ``AWS_DEFAULT_REGION``.
     """
 
     def __init__(self, bucket: str, key_prefix: str):
@@ -117,7 +119,7 @@ class S3Store:
             raise ValueError("the S3 model prefix names no bucket: use s3://bucket/path/")
         self.bucket = bucket
         self.key_prefix = key_prefix if not key_prefix or key_prefix.endswith("/") else key_prefix + "/"
-        self._client = boto3.session.Session().client(
+        self._client = boto3.session.Session(region_name=os.environ.get("AWS_REGION") or None).client(
             "s3", config=Config(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=32)
         )
 

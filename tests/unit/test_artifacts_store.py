@@ -31,3 +31,23 @@ def test_a_stream_longer_than_it_said_stops_as_soon_as_it_passes_the_limit(tmp_p
         _copy_at_most(source, str(tmp_path / "out"), 3_000_000, "s3://bucket/m.tar.gz")
     assert source.reads == 3  # three 1 MiB reads pass 3,000,000 bytes: no fourth
     assert (tmp_path / "out").stat().st_size <= 3_000_000
+
+
+@pytest.mark.parametrize(
+    "environment, region",
+    [
+        ({"AWS_REGION": "eu-west-1"}, "eu-west-1"),  # alone: botocore by itself would talk to us-east-1
+        ({"AWS_DEFAULT_REGION": "ap-south-1"}, "ap-south-1"),
+        ({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "ap-south-1"}, "eu-west-1"),  # as the AWS SDKs rank them
+    ],
+)
+def test_the_s3_client_takes_its_region_from_aws_region_too(monkeypatch, tmp_path, environment, region):
+    from mlserver_mme.artifacts.store import S3Store
+
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    # the client's region: the one its requests are sent to and signed for (their SigV4 scope)
+    assert S3Store("bucket", "models/")._client.meta.region_name == region
