@@ -8,7 +8,9 @@ a CPU-time limit, no core dump and no file writes, and is killed at a wall-clock
 deadline. A crash, a limit or a timeout is reported as ``IsolatedFailure``.
 
 Code running in the child (a hostile file that took over XGBoost's parser) is
-also confined (``_confine``): an empty environment (no AWS secret), no
+also confined (``_confine``): an empty environment (no AWS secret; the memory
+it started with zeroed, in the child and in the fork server), no reading of its
+memory by other processes (not dumpable), no
 descriptor but its answer pipe (standard streams on /dev/null), a private empty
 working folder, and a seccomp filter (libseccomp through ``pyseccomp``) that
 refuses sockets, signals to other processes, running programs, and any change to
@@ -22,11 +24,11 @@ a fork, not an interpreter start, and never inherits the server's threads or
 OpenMP state (forking the multi-threaded server itself could deadlock).
 
 A check is still cheaper in a child forked in advance: the **spare** children
-(``start(spares=...)``) are forked, confined, warmed up (``warm_up``: XGBoost
-starts its threads and sets up its predictor on a first model) and limited
-before any artifact exists, then wait for one check each. Each serves a single
-check and exits, as a freshly forked child does, and is replaced in the
-background. A check whose limits differ from the spares', or that finds no
+(``start(spares=...)``) are forked, confined and warmed up (``warm_up``: XGBoost
+starts its threads and sets up its predictor on a first model) before any
+artifact exists, then wait for one check each and take their limits when it
+arrives. Each serves a single check and exits, as a freshly forked child does,
+and is replaced in the background. A check whose limits differ from the spares', or that finds no
 spare ready, forks a child of its own. Spares are forked by the fork server, so
 ``memory.py`` leaves them out of the server's memory, like the fork server.
 """
@@ -319,7 +321,8 @@ MAX_SPARE_FAILURES = 3  # spares that die before they are ready, in a row, befor
 
 
 class _Spare:
-    """A child forked in advance: it confines, warms up and limits itself, says it is ready, waits for a check."""
+    """A child forked in advance: it confines itself, warms up, says it is ready, waits for one check, and limits
+    itself when the check arrives."""
 
     def __init__(self, limits: Limits, warm_up: Optional[Callable[[], Any]]):
         self.workdir = tempfile.mkdtemp(prefix="mme-check-")
