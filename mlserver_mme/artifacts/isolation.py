@@ -232,9 +232,7 @@ _WRITING_FLAGS = (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC, os.O_APPEND)
 def _confine(keep_fds: tuple, workdir: str) -> None:
     """Leave the child nothing to reach the server, its secrets or other files with."""
     os.chdir(workdir)
-    os.environ.clear()
-    _erase_initial_environment()
-    _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)  # /proc/<pid>/ of this child: its owner's processes cannot read it
+    _shed_environment()
     null = os.open(os.devnull, os.O_RDWR)
     for standard in (0, 1, 2):
         os.dup2(null, standard)
@@ -252,14 +250,19 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_DUMPABLE = 4
 
 
-def _erase_initial_environment() -> None:
-    """Zero the environment the process started with: ``os.environ.clear()`` only drops the pointers, and
-    ``/proc/self/environ`` reads that memory (the fork server's environment is the server's, secrets included)."""
+def _shed_environment() -> None:
+    """Keep no environment, and let no other process of the same user read this one's memory (not dumpable).
+
+    ``os.environ.clear()`` only drops the pointers: the memory the environment started in is zeroed too, as
+    ``/proc/<pid>/environ`` reads it (the fork server's environment is the server's, secrets included).
+    """
+    os.environ.clear()
     with open("/proc/self/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     start, end = int(fields[47]), int(fields[48])  # env_start, env_end: fields 50 and 51 of stat
     if 0 < start < end:
         ctypes.memset(start, 0, end - start)
+    _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def _seccomp_filter():
@@ -293,14 +296,11 @@ _make_filter = _seccomp_filter()  # made at import: in the server (which logs a 
 
 
 def _harden_fork_server() -> None:
-    """In the fork server (which imports this module at start): keep no environment, and let no other process
-    read its memory. Its children, whose parent it is, would otherwise find the server's secrets there."""
+    """In the fork server (which imports this module at start): its children, whose parent it is, would
+    otherwise find the server's secrets in its environment."""
     with open("/proc/self/cmdline", "rb") as cmdline:
-        if b"multiprocessing.forkserver import main" not in cmdline.read():
-            return
-    os.environ.clear()
-    _erase_initial_environment()
-    _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+        if b"multiprocessing.forkserver import main" in cmdline.read():
+            _shed_environment()
 
 
 _harden_fork_server()

@@ -54,8 +54,7 @@ class MMERepository(SchemalessModelRepository):
         seconds = self.settings.validation_seconds
         self.check_limits = isolation.Limits(memory_bytes=memory, cpu_seconds=seconds, wall_seconds=2.0 * seconds)
         # each check may take its memory limit; tenants (top-level folders) take turns for the slots
-        check_slots = os.cpu_count() or 1
-        self._check_slots = FairSlots(check_slots)
+        self._check_slots = FairSlots(os.cpu_count() or 1)
         # The fork server imports, once and in the background, the XGBoost check and what the main
         # script imports: each check child runs `mlserver`'s script again (Python before 3.13 ignores
         # "__main__" in a fork server's preload list, CPython issue 126631), so it must find

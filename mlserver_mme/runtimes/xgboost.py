@@ -54,7 +54,9 @@ def find_model_file(folder: str) -> str:
 
 def load_booster(path: str, allow_pickle: bool, nthread: int) -> xgb.Booster:
     """Load any XGBoost artifact format (``model_file``); raises BrokenModel with the reason."""
-    return _ready(read_model_file(path, allow_pickle).booster(), nthread)
+    booster = read_model_file(path, allow_pickle).booster()
+    _ready(booster, nthread)
+    return booster
 
 
 def read_model_file(path: str, allow_pickle: bool) -> model_file.ModelFile:
@@ -62,11 +64,13 @@ def read_model_file(path: str, allow_pickle: bool) -> model_file.ModelFile:
         return model_file.read(file.read(), allow_pickle)
 
 
-def _ready(booster: xgb.Booster, nthread: int) -> xgb.Booster:
+def _ready(booster: xgb.Booster, nthread: int) -> Callable[[Features], np.ndarray]:
+    """``booster`` on ``nthread`` threads, its predictor set up; its batch predictor."""
     booster.set_param({"nthread": nthread})
     # xgboost sets up its predictor on the first prediction: do it here, off the event loop.
-    batch_predictor(booster)(np.zeros((1, booster.num_features()), dtype=np.float32))
-    return booster
+    batch = batch_predictor(booster)
+    batch(np.zeros((1, booster.num_features()), dtype=np.float32))
+    return batch
 
 
 def batch_predictor(booster: xgb.Booster) -> Callable[[Features], np.ndarray]:
@@ -96,8 +100,8 @@ def _gtil_for(
 
 def _loaded(path: str, allow_pickle: bool, nthread: int, proven: Optional[bool]):
     """The booster, its batch predictor and GTIL predictor (or None): a load's work, in one load thread."""
-    booster = load_booster(path, allow_pickle, nthread)
-    return booster, batch_predictor(booster), _gtil_for(booster, path, nthread, None, proven)
+    booster = read_model_file(path, allow_pickle).booster()
+    return booster, _ready(booster, nthread), _gtil_for(booster, path, nthread, None, proven)
 
 
 def outputs_per_row(booster: xgb.Booster) -> int:

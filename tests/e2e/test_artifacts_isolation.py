@@ -5,6 +5,7 @@ import os
 import time
 
 import pytest
+from support.serving import wait_until
 
 from mlserver_mme.artifacts import isolation
 
@@ -152,10 +153,7 @@ def test_an_answer_over_the_bound_is_refused_unread():
 
 
 def wait_for_spares(count):
-    deadline = time.monotonic() + 60
-    while isolation._spares.ready() < count:
-        assert time.monotonic() < deadline, "the spare children did not become ready"
-        time.sleep(0.01)
+    wait_until(lambda: isolation._spares.ready() >= count, 60, "the spare children becoming ready")
 
 
 def test_concurrent_checks_each_get_their_own_answer():
