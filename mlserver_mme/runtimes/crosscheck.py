@@ -15,7 +15,7 @@ through its margins with a NumPy evaluation of the JSON model instead.
 """
 
 import ctypes
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import scipy.sparse
@@ -63,13 +63,18 @@ def second_reading(source: ModelFile) -> Optional[treelite.Model]:
 
 
 def check_agreement(
-    source: ModelFile, model: dict, own_values: bool, booster, predict: Callable, max_rows: int
-) -> str:
-    """Raise BrokenModel unless the server's answers match a second reading; say which one was used.
+    source: ModelFile, model: dict, own_values: bool, booster, batch: Callable, small: Optional[Callable],
+    max_rows: int,
+) -> Tuple[str, bool]:
+    """Raise BrokenModel unless the server's answers match a second reading. Returns which reading was
+    used, and whether ``small`` is exact.
 
     ``model`` is the JSON model: the file's own values if ``own_values``, else XGBoost's reading
-    of them. ``predict`` is the server's predictor and ``max_rows`` the largest batch that takes the
-    server's small-batch path.
+    of them. ``batch`` is XGBoost's predictor, which the server runs on batches over ``max_rows``
+    rows. ``small`` is the GTIL predictor the server would run on batches of up to ``max_rows``
+    rows, still unproven (or None): it is exact when it answers every probe row, dense and sparse,
+    bit for bit as ``batch`` does, and then takes the small batches; else ``batch`` takes them too
+    and is compared in those shapes as well.
     """
     learner = model["learner"]
     objective = learner["objective"]["name"]
@@ -84,6 +89,10 @@ def check_agreement(
             f"Treelite, which checks the server's reading of every tree model, cannot read it "
             f"({describe(error)}); the model was saved by XGBoost {source.saved_by}"
         ) from None
+    answers = _answers(batch, rows, max_rows, outputs)
+    exact = small is not None and _same_as_batch(small, rows, max_rows, answers)
+    if not exact:  # XGBoost answers the small batches too: they are compared in their own shapes
+        answers.update(_small_answers(batch, rows, max_rows))
     # A sparse row leaves out its zeros: they are missing values there, as in a libsvm request.
     sparse_rows = np.where(rows == 0, np.float32(np.nan), rows)
     if reference is not None:
@@ -100,11 +109,11 @@ def check_agreement(
             expected["dense"] = expected["sparse"] = expected["margins"]
         reader = "a NumPy evaluation" if own_values else "a NumPy evaluation of XGBoost's reading"
     else:
-        return "XGBoost only"
-    everything = np.arange(len(rows))
-    answers = {"margins": ("margins", everything, _margins(booster, rows, linear))}
-    if "dense" in expected:
-        answers.update(_answers(predict, rows, max_rows, outputs))
+        return "XGBoost only", exact
+    if "dense" not in expected:
+        answers = {}
+    if objective not in IDENTITY_OBJECTIVES or "one large batch" not in answers:  # else the answers are margins
+        answers["margins"] = ("margins", np.arange(len(rows)), _margins(booster, rows, linear))
     clear = {}  # kind: where a discrete answer is clear of rounding (compared there only)
     if objective in DISCRETE_OBJECTIVES and "dense" in expected and reference is not None:
         margins = treelite.gtil.predict(reference, sparse_rows, nthread=1, pred_margin=True)
@@ -121,7 +130,7 @@ def check_agreement(
                 f"The model was saved by XGBoost {source.saved_by}; this server runs XGBoost "
                 f"{xgboost.__version__} and will not serve answers it cannot vouch for"
             )
-    return reader
+    return reader, exact
 
 
 def _decided(objective: str, margins: np.ndarray):
@@ -135,26 +144,59 @@ def _decided(objective: str, margins: np.ndarray):
     return margins.argmax(axis=1).astype(np.float64).reshape(-1, 1), (top[:, -1] - top[:, -2] > slack).reshape(-1, 1)
 
 
-def _answers(predict: Callable, rows: np.ndarray, max_rows: int, outputs: int) -> dict:
-    """The server's answers to ``rows`` in each shape it predicts in."""
-    def stacked(parts):
-        return np.concatenate([np.asarray(part).reshape(len(part), -1) for part in parts])
-
+def _sparse(rows: np.ndarray) -> scipy.sparse.csr_matrix:
+    """``rows`` as a libsvm request gives them: zeros and missing values absent."""
     sparse = scipy.sparse.csr_matrix(np.nan_to_num(rows, nan=0.0))
-    sparse.eliminate_zeros()  # absent, as a libsvm row leaves them: missing, like the NaN they stand for
+    sparse.eliminate_zeros()
+    return sparse
+
+
+def _stacked(parts) -> np.ndarray:
+    return np.concatenate([np.asarray(part).reshape(len(part), -1) for part in parts])
+
+
+def _answers(batch: Callable, rows: np.ndarray, max_rows: int, outputs: int) -> dict:
+    """XGBoost's answers to ``rows`` in batches larger than the small-batch path takes, dense and sparse:
+    {shape: (which expected answers, the rows asked about, the answer)}."""
     count = len(rows)
-    # one batch larger than the small-batch path takes: the rows themselves if there are enough
     large = np.tile(np.arange(count), max_rows // count + 1 if count <= max_rows else 1)
-    answers = {  # shape: (which expected answers, the rows asked about, the server's answer)
-        "single rows": ("dense", np.arange(min(8, count)), stacked(predict(rows[i : i + 1]) for i in range(min(8, count)))),
+    if len(large) * outputs > MAX_PROBE_VALUES:  # a model of 100,000 classes answers 4 rows, no large batch
+        return {}
+    return {
+        "one large batch": ("dense", large, batch(rows[large])),
+        "one large sparse batch": ("sparse", large, batch(_sparse(rows)[large])),
+    }
+
+
+def _small_answers(predict: Callable, rows: np.ndarray, max_rows: int) -> dict:
+    """``predict``'s answers to ``rows`` one at a time (the first 8) and in batches of ``max_rows``."""
+    count = len(rows)
+    return {
+        "single rows": ("dense", np.arange(min(8, count)), _stacked(predict(rows[i : i + 1]) for i in range(min(8, count)))),
         f"batches of {max_rows} rows": (
-            "dense", np.arange(count), stacked(predict(rows[i : i + max_rows]) for i in range(0, count, max_rows))
+            "dense", np.arange(count), _stacked(predict(rows[i : i + max_rows]) for i in range(0, count, max_rows))
         ),
     }
-    if len(large) * outputs <= MAX_PROBE_VALUES:  # a model of 100,000 classes answers 4 rows, no large batch
-        answers["one large batch"] = ("dense", large, predict(rows[large]))
-        answers["one large sparse batch"] = ("sparse", large, predict(sparse[large]))
-    return answers
+
+
+def _same_as_batch(small: Callable, rows: np.ndarray, max_rows: int, answers: dict) -> bool:
+    """Whether ``small`` answers every row, dense and sparse, bit for bit as XGBoost's large batches did."""
+    if "one large batch" not in answers:
+        return False
+    count = len(rows)
+    try:
+        mine = _small_answers(small, rows, max_rows)
+        mine["sparse rows"] = ("sparse", np.arange(count), small(_sparse(rows)))  # GTIL answers each row on its own
+    except treelite.TreeliteError:
+        return False
+    theirs = {
+        kind: np.asarray(answer, dtype=np.float32).reshape(len(asked), -1)[:count]
+        for _, (kind, asked, answer) in answers.items()
+    }
+    return all(
+        np.array_equal(np.asarray(answer, dtype=np.float32).reshape(len(asked), -1), theirs[kind][asked], equal_nan=True)
+        for kind, asked, answer in mine.values()
+    )
 
 
 def _margins(booster, rows: np.ndarray, linear: bool) -> np.ndarray:

@@ -247,10 +247,32 @@ def test_a_server_predictor_answering_wrong_is_caught_whatever_the_objective(fil
     source = model_file.read(open(os.path.join(MATRIX, file), "rb").read(), allow_pickle=False)
     booster = source.booster()
     batch = batch_predictor(booster)
-    assert crosscheck.check_agreement(source, json.loads(source.model), True, booster, batch, GTIL_MAX_ROWS)
+    model = json.loads(source.model)
+    assert crosscheck.check_agreement(source, model, True, booster, batch, None, GTIL_MAX_ROWS)[0]
 
     def off_by_one(rows):
         return batch(rows) + 1  # another class, sign or value on every row
 
     with pytest.raises(BrokenModel, match="differ from a second reading"):
-        crosscheck.check_agreement(source, json.loads(source.model), True, booster, off_by_one, GTIL_MAX_ROWS)
+        crosscheck.check_agreement(source, model, True, booster, off_by_one, None, GTIL_MAX_ROWS)
+    # a small-batch predictor that is off is not exact: XGBoost keeps the small batches, and the model is served
+    assert crosscheck.check_agreement(source, model, True, booster, batch, off_by_one, GTIL_MAX_ROWS)[1] is False
+
+
+def test_gtil_is_proven_exact_by_the_check_only_when_it_is():
+    from mlserver_mme.runtimes import crosscheck
+    from mlserver_mme.runtimes.gtil import gtil_predictor
+
+    source = model_file.read(open(os.path.join(MATRIX, "1.7.6/reg_squarederror.bin"), "rb").read(), allow_pickle=False)
+    booster = source.booster()
+    batch, gtil = batch_predictor(booster), gtil_predictor(booster, 1)
+    model = json.loads(source.model)
+    assert crosscheck.check_agreement(source, model, True, booster, batch, gtil, GTIL_MAX_ROWS) == ("Treelite", True)
+
+    def last_bit_off(rows):
+        answer = gtil(rows)
+        answer[-1] = np.nextafter(answer[-1], np.float32(np.inf))  # one row, one float apart
+        return answer
+
+    assert crosscheck.check_agreement(source, model, True, booster, batch, last_bit_off, GTIL_MAX_ROWS) == (
+        "Treelite", False)
