@@ -7,14 +7,18 @@ when a new artifact is checked, Treelite reads the same bytes on its own (its
 JSON, UBJSON and legacy binary readers share no code with XGBoost's) and its
 General Tree Inference Library predicts probe rows: every feature on, just below
 and just above each of its split thresholds, missing values, and one row down
-the path to each leaf. The server's own predictor answers the same rows in the
-shapes it serves (one row, a small batch on the GTIL path, a large batch on
-XGBoost's, dense and sparse), and every answer must match Treelite's to float32
-rounding. A model Treelite does not read (gblinear, vector leaves) is compared
-through its margins with a NumPy evaluation of the JSON model instead.
+the path to each leaf. XGBoost answers the same rows in batches larger than the
+small-batch path takes, dense and sparse, and every answer must match Treelite's
+to float32 rounding. The small batches' predictor (GTIL on Treelite's reading,
+summed as XGBoost sums, ``gtil.py``) must then match XGBoost's answers bit for
+bit, one row and batches alike; where it does not, XGBoost serves the small
+batches too, and is compared in those shapes as well. A model Treelite does not
+read (gblinear, vector leaves) is compared through its margins with a NumPy
+evaluation of the JSON model instead.
 """
 
 import ctypes
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
@@ -62,9 +66,78 @@ def second_reading(source: ModelFile) -> Optional[treelite.Model]:
     return None
 
 
+@dataclass
+class SecondReading:
+    """What a second reading of the file expects the probe rows to answer.
+
+    ``reader`` names the reading; ``reference`` is Treelite's model (None for gblinear, or a pickle's
+    snapshot, which only XGBoost reads); ``expected`` maps "margins", "dense" and "sparse" to answers
+    (None when only XGBoost reads the file); ``clear`` marks where a discrete answer is clear of rounding.
+    """
+
+    rows: np.ndarray
+    reader: str = "XGBoost only"
+    reference: Optional[treelite.Model] = None
+    expected: Optional[dict] = None
+    clear: dict = field(default_factory=dict)
+
+
+def read_again(source: ModelFile, model: dict, rows: np.ndarray, own_values: bool) -> SecondReading:
+    """The answers a second reading of the file (Treelite's, or NumPy's for gblinear) gives ``rows``.
+
+    ``model`` is the JSON model: the file's own values if ``own_values``, else XGBoost's reading of them.
+    """
+    learner = model["learner"]
+    objective = learner["objective"]["name"]
+    second = SecondReading(rows)
+    if learner["gradient_booster"]["name"] == "gblinear":
+        second.expected = {"margins": _linear_margin(model, rows)}
+        if objective in IDENTITY_OBJECTIVES:  # the answer is the margin (a missing value weighs 0, as a 0 does)
+            second.expected["dense"] = second.expected["sparse"] = second.expected["margins"]
+        second.reader = "a NumPy evaluation" if own_values else "a NumPy evaluation of XGBoost's reading"
+        return second
+    try:
+        second.reference = second_reading(source)
+    except treelite.TreeliteError as error:
+        raise BrokenModel(
+            f"Treelite, which checks the server's reading of every tree model, cannot read it "
+            f"({describe(error)}); the model was saved by XGBoost {source.saved_by}"
+        ) from None
+    if second.reference is None:
+        return second
+    reference = second.reference
+    margins = treelite.gtil.predict(reference, rows, nthread=1, pred_margin=True)
+    dense = margins if objective in IDENTITY_OBJECTIVES else treelite.gtil.predict(reference, rows, nthread=1)
+    second.expected = {
+        "margins": margins,  # the answers themselves where the objective leaves the sum as it is
+        "dense": dense,
+        "sparse": _sparse_answers(reference, rows, dense, pred_margin=False),
+    }
+    second.reader = "Treelite"
+    if objective in DISCRETE_OBJECTIVES:
+        sparse_margins = _sparse_answers(reference, rows, margins, pred_margin=True)
+        second.expected["dense"], second.clear["dense"] = _decided(objective, margins)
+        second.expected["sparse"], second.clear["sparse"] = _decided(objective, sparse_margins)
+    return second
+
+
+def _sparse_answers(reference, rows: np.ndarray, dense: np.ndarray, pred_margin: bool) -> np.ndarray:
+    """Treelite's answers to ``rows`` sent sparse, given its ``dense`` answers.
+
+    A sparse row leaves out its zeros: they are missing values there, as in a libsvm request. Only
+    rows holding a zero read differently, so only those are predicted again.
+    """
+    with_zeros = np.flatnonzero((rows == 0).any(axis=1))
+    answers = np.array(dense, copy=True)
+    if len(with_zeros):
+        sparse_rows = np.where(rows[with_zeros] == 0, np.float32(np.nan), rows[with_zeros])
+        answers[with_zeros] = treelite.gtil.predict(reference, sparse_rows, nthread=1, pred_margin=pred_margin)
+    return answers
+
+
 def check_agreement(
     source: ModelFile, model: dict, own_values: bool, booster, batch: Callable, small: Optional[Callable],
-    max_rows: int,
+    max_rows: int, second: Optional[SecondReading] = None,
 ) -> Tuple[str, bool]:
     """Raise BrokenModel unless the server's answers match a second reading. Returns which reading was
     used, and whether ``small`` is exact.
@@ -74,63 +147,42 @@ def check_agreement(
     rows. ``small`` is the GTIL predictor the server would run on batches of up to ``max_rows``
     rows, still unproven (or None): it is exact when it answers every probe row, dense and sparse,
     bit for bit as ``batch`` does, and then takes the small batches; else ``batch`` takes them too
-    and is compared in those shapes as well.
+    and is compared in those shapes as well. ``second`` is the second reading if made already
+    (``read_again`` on ``probe_rows(model)``), else it is made here.
     """
     learner = model["learner"]
     objective = learner["objective"]["name"]
-    rows = probe_rows(model, booster.num_features())
     outputs = model_file.outputs(learner["learner_model_param"])
-    rows = rows[: max(1, MAX_PROBE_VALUES // outputs)]
-    linear = learner["gradient_booster"]["name"] == "gblinear"
-    try:
-        reference = None if linear else second_reading(source)
-    except treelite.TreeliteError as error:
-        raise BrokenModel(
-            f"Treelite, which checks the server's reading of every tree model, cannot read it "
-            f"({describe(error)}); the model was saved by XGBoost {source.saved_by}"
-        ) from None
+    if second is None:
+        second = read_again(source, model, probe_rows(model), own_values)
+    rows = second.rows
     answers = _answers(batch, rows, max_rows, outputs)
     exact = small is not None and _same_as_batch(small, rows, max_rows, answers)
     if not exact:  # XGBoost answers the small batches too: they are compared in their own shapes
         answers.update(_small_answers(batch, rows, max_rows))
-    # A sparse row leaves out its zeros: they are missing values there, as in a libsvm request.
-    sparse_rows = np.where(rows == 0, np.float32(np.nan), rows)
-    if reference is not None:
-        margins = treelite.gtil.predict(reference, rows, nthread=1, pred_margin=True)
-        expected = {
-            "margins": margins,  # the answers themselves where the objective leaves the sum as it is
-            "dense": margins if objective in IDENTITY_OBJECTIVES else treelite.gtil.predict(reference, rows, nthread=1),
-            "sparse": treelite.gtil.predict(reference, sparse_rows, nthread=1),
-        }
-        reader = "Treelite"
-    elif linear:
-        expected = {"margins": _linear_margin(model, rows)}
-        if objective in IDENTITY_OBJECTIVES:  # the answer is the margin (a missing value weighs 0, as a 0 does)
-            expected["dense"] = expected["sparse"] = expected["margins"]
-        reader = "a NumPy evaluation" if own_values else "a NumPy evaluation of XGBoost's reading"
-    else:
-        return "XGBoost only", exact
-    if "dense" not in expected:
-        answers = {}
+    linear = learner["gradient_booster"]["name"] == "gblinear"
+    margins = None
     if objective not in IDENTITY_OBJECTIVES or "one large batch" not in answers:  # else the answers are margins
-        answers["margins"] = ("margins", np.arange(len(rows)), _margins(booster, rows, linear))
-    clear = {}  # kind: where a discrete answer is clear of rounding (compared there only)
-    if objective in DISCRETE_OBJECTIVES and "dense" in expected and reference is not None:
-        margins = treelite.gtil.predict(reference, sparse_rows, nthread=1, pred_margin=True)
-        expected["dense"], clear["dense"] = _decided(objective, expected["margins"])
-        expected["sparse"], clear["sparse"] = _decided(objective, margins)
+        margins = ("margins", np.arange(len(rows)), _margins(booster, rows, linear))
+    expected = second.expected
+    if expected is None:
+        return second.reader, exact
+    if "dense" not in expected:  # the answers' own transformation is not computed: the margins only
+        answers = {}
+    if margins is not None:
+        answers["margins"] = margins
     for shape, (kind, asked, answer) in answers.items():
         wanted = np.asarray(expected[kind]).reshape(len(rows), -1)[asked]
-        if kind in clear:  # a class or sign a rounding could flip: not compared
-            answer = np.where(clear[kind][asked], np.asarray(answer).reshape(wanted.shape), wanted)
+        if kind in second.clear:  # a class or sign a rounding could flip: not compared
+            answer = np.where(second.clear[kind][asked], np.asarray(answer).reshape(wanted.shape), wanted)
         difference = _difference(answer, wanted)
         if difference:
             raise BrokenModel(
-                f"its predictions differ from a second reading of the file ({reader}) on {shape}: {difference}. "
-                f"The model was saved by XGBoost {source.saved_by}; this server runs XGBoost "
+                f"its predictions differ from a second reading of the file ({second.reader}) on {shape}: "
+                f"{difference}. The model was saved by XGBoost {source.saved_by}; this server runs XGBoost "
                 f"{xgboost.__version__} and will not serve answers it cannot vouch for"
             )
-    return reader, exact
+    return second.reader, exact
 
 
 def _decided(objective: str, margins: np.ndarray):
@@ -228,14 +280,18 @@ def _difference(answer: np.ndarray, expected: np.ndarray) -> str:
     )
 
 
-def probe_rows(model: dict, num_features: int) -> np.ndarray:
-    """Rows on and beside every split threshold, missing values, and one row down to each leaf."""
+def probe_rows(model: dict) -> np.ndarray:
+    """Rows on and beside every split threshold, missing values, and one row down to each leaf
+    (as many as ``MAX_PROBE_VALUES`` allows for the model's outputs)."""
+    parameters = model["learner"]["learner_model_param"]
+    num_features = int(parameters["num_feature"])
     trees = model_file.trees(model)
-    rows = [_probe(trees, num_features)]
+    parts = [_probe(trees, num_features)]
     leaf_rows = _leaf_rows(trees, num_features)
     if len(leaf_rows):
-        rows.append(leaf_rows)
-    return np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
+        parts.append(leaf_rows)
+    rows = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    return rows[: max(1, MAX_PROBE_VALUES // model_file.outputs(parameters))]
 
 
 def _leaf_rows(trees: List[dict], num_features: int) -> np.ndarray:
@@ -291,7 +347,7 @@ def _leaf_rows(trees: List[dict], num_features: int) -> np.ndarray:
     # a float32 in [low, high): low itself, or just below high when there is no low; NaN for a leaf no row reaches
     with np.errstate(invalid="ignore"):
         rows = np.where(np.isinf(low), np.nextafter(high, np.float32(-np.inf)), low)
-    rows[np.isinf(low) & np.isinf(high)] = 0.0
+    rows[np.isinf(low) & np.isinf(high)] = np.nan  # off the path: missing (dense and sparse rows read alike)
     rows[low >= high] = np.nan
     return rows
 

@@ -58,11 +58,12 @@ def exact_gtil(booster, trees: list, nthread: int) -> Optional[Predictor]:
     return predict
 
 
-def gtil_predictor(booster, nthread: int) -> Optional[Predictor]:
+def gtil_predictor(booster, nthread: int, model: Optional[treelite.Model] = None) -> Optional[Predictor]:
     """GTIL's per-tree scores summed as XGBoost sums them, for a model whose objective allows it, else None.
 
-    Unproven: ``exact_gtil`` probes it against XGBoost. A load may take it as it is when the
-    artifact's check (which ran ``exact_gtil`` on the same file) found it exact.
+    ``model`` is Treelite's reading of the model file (``crosscheck.second_reading``); without it, of
+    ``booster``. Unproven: ``exact_gtil`` probes it against XGBoost. A load may take it as it is when
+    the artifact's check (which proved the same reading of the same file) found it exact.
     """
     learner = json.loads(booster.save_config())["learner"]
     parameters = learner["learner_model_param"]
@@ -74,7 +75,7 @@ def gtil_predictor(booster, nthread: int) -> Optional[Predictor]:
     ):
         return None
     try:
-        model = treelite.frontend.from_xgboost(booster)
+        model = model if model is not None else treelite.frontend.from_xgboost(booster)
     except treelite.TreeliteError:
         return None  # a model Treelite does not read
     base_score = np.float32(model_file.base_scores(parameters)[0])  # single-output models only

@@ -81,27 +81,33 @@ def batch_predictor(booster: xgb.Booster) -> Callable[[Features], np.ndarray]:
 
 
 def _gtil_for(
-    booster: xgb.Booster, path: str, nthread: int, model: Optional[dict] = None, proven: Optional[bool] = None
+    booster: xgb.Booster, path: str, nthread: int, proven: Optional[bool] = None,
+    source: Optional[model_file.ModelFile] = None,
 ) -> Optional[Predictor]:
     """GTIL when it predicts exactly as ``booster`` (see ``gtil.py``), else None.
 
-    ``model`` is the booster's JSON model if already at hand; ``proven`` is what the artifact's
-    check found (True: exact, False: not), None when unknown (then the probe runs here). Models over
-    ``MAX_GTIL_MODEL_BYTES`` keep ``inplace_predict``: a cheaper call gains them
-    little, and the probe costs more. (Multi-output models never take GTIL.)
+    ``proven`` is what the artifact's check found (True: exact, False: not), None when unknown (then
+    the probe runs here). The check proved GTIL on Treelite's reading of the file (``source``), so a
+    proven load reads it the same way. Models over ``MAX_GTIL_MODEL_BYTES`` keep ``inplace_predict``:
+    a cheaper call gains them little, and the probe costs more. (Multi-output models never take GTIL.)
     """
     if proven is False or os.path.getsize(path) > MAX_GTIL_MODEL_BYTES:
         return None
-    if proven:
-        return gtil_predictor(booster, nthread)  # the artifact's check probed this file: no second probe
-    model = model or json.loads(bytes(booster.save_raw("json")))
+    if proven:  # the artifact's check probed this file: no second probe
+        try:
+            reading = crosscheck.second_reading(source) if source is not None else None
+        except treelite.TreeliteError:
+            return None
+        return gtil_predictor(booster, nthread, reading)
+    model = model_file.parse_json(bytes(booster.save_raw("json")))
     return exact_gtil(booster, model_file.trees(model), nthread)
 
 
 def _loaded(path: str, allow_pickle: bool, nthread: int, proven: Optional[bool]):
     """The booster, its batch predictor and GTIL predictor (or None): a load's work, in one load thread."""
-    booster = read_model_file(path, allow_pickle).booster()
-    return booster, _ready(booster, nthread), _gtil_for(booster, path, nthread, None, proven)
+    source = read_model_file(path, allow_pickle)
+    booster = source.booster()
+    return booster, _ready(booster, nthread), _gtil_for(booster, path, nthread, proven, source)
 
 
 def outputs_per_row(booster: xgb.Booster) -> int:
@@ -116,31 +122,31 @@ def check_model_file(path: str, allow_pickle: bool) -> dict:
     and prediction follows the trees' child indices without bounds checks, so a
     malformed file can crash. The trees are checked to be well-formed (every
     child index in range, every split on a known feature, no node reached twice),
-    predicted on with values and with missing values, and then the server's
-    predictor (GTIL included, as the load sets it up) must agree with a second
-    reading of the file (``crosscheck``). Returns what the log records of it
-    (``warm``: a spare child, warmed up, ran the check).
+    and then the server's predictors (GTIL included, as the load sets it up),
+    on rows with values and missing values in every shape the server predicts
+    in, must agree with a second reading of the file (``crosscheck``). Returns
+    what the log records of it (``warm``: a spare child, warmed up, ran the check).
     """
     warm = _warmed_up
     source = read_model_file(path, allow_pickle)
     own_values = source.kind in ("json", "legacy-binary")
     if own_values:  # the file's own values, checked before XGBoost's parser (which trusts them) reads them
-        model = json.loads(source.model)
+        model = model_file.parse_json(source.model)
         visits = _check_structure(model)
     booster = source.booster()
     if not own_values:  # UBJSON or a pickle: checked as XGBoost read them
-        model = json.loads(bytes(booster.save_raw("json")))
+        model = model_file.parse_json(bytes(booster.save_raw("json")))
         visits = _check_structure(model)
-    width = booster.num_features()
     booster.set_param({"nthread": 1})
-    batch = batch_predictor(booster)
-    batch(np.full((1, width), np.nan, dtype=np.float32))
-    batch(np.ones((1, width), dtype=np.float32))
-    # GTIL as the server's load makes it (Treelite's parsing included), proven exact or not by the comparison
-    small = gtil_predictor(booster, 1) if os.path.getsize(path) <= MAX_GTIL_MODEL_BYTES else None
-    second, exact = crosscheck.check_agreement(source, model, own_values, booster, batch, small, GTIL_MAX_ROWS)
+    second = crosscheck.read_again(source, model, crosscheck.probe_rows(model), own_values)
+    small = None  # GTIL as a load after this check makes it (from Treelite's reading): proven exact, or not
+    if os.path.getsize(path) <= MAX_GTIL_MODEL_BYTES:
+        small = gtil_predictor(booster, 1, second.reference)
+    second_reader, exact = crosscheck.check_agreement(
+        source, model, own_values, booster, batch_predictor(booster), small, GTIL_MAX_ROWS, second
+    )
     return {
-        "format": source.kind, "saved_by": source.saved_by, "compared_with": second, "gtil": exact,
+        "format": source.kind, "saved_by": source.saved_by, "compared_with": second_reader, "gtil": exact,
         "visits_per_row": visits, "warm": warm,
     }
 

@@ -150,17 +150,32 @@ def test_pickles_of_sagemakers_oldest_containers_are_read_when_allowed(era):
 
 
 def _gtil_models():
-    """Every bundled and matrix model served by both paths: (name, GTIL predictor, XGBoost's)."""
+    """Every bundled and matrix model served by both paths: (name, GTIL predictor, XGBoost's).
+
+    Each GTIL model twice: made from XGBoost's booster and probed (a load without the check's
+    verdict), and made from Treelite's own reading of the file (a load after the check proved it).
+    """
+    from mlserver_mme.runtimes import crosscheck
+    from mlserver_mme.runtimes.gtil import gtil_predictor
+
     models = []
     for target in example_targets():
-        booster = model_file.read(legacy_model_bytes(target), allow_pickle=False).booster()
-        models.append((target, booster, os.path.join(EXAMPLES, target)))
+        source = model_file.read(legacy_model_bytes(target), allow_pickle=False)
+        models.append((target, source, os.path.join(EXAMPLES, target)))
     for entry in MANIFEST:
         if entry["format"] in ("json", "ubj", "legacy-binary") and (entry["version"], entry["variant"]) not in REFUSED:
             path = os.path.join(MATRIX, entry["file"])
-            models.append((entry["file"], load_booster(path, allow_pickle=False, nthread=1), path))
-    return [(name, gtil, batch_predictor(booster)) for name, booster, path in models
-            if (gtil := _gtil_for(booster, path, 1)) is not None]
+            models.append((entry["file"], model_file.read(open(path, "rb").read(), allow_pickle=False), path))
+    found = []
+    for name, source, path in models:
+        booster = source.booster()
+        booster.set_param({"nthread": 1})
+        probed = _gtil_for(booster, path, 1)
+        if probed is not None:
+            found.append((name, probed, batch_predictor(booster)))
+            found.append((f"{name} (as checked)", gtil_predictor(booster, 1, crosscheck.second_reading(source)),
+                          batch_predictor(booster)))
+    return found
 
 
 GTIL_MODELS = _gtil_models()
@@ -170,7 +185,7 @@ def _row_values(thresholds):
     return st.one_of(st.sampled_from(thresholds), st.floats(width=32), st.just(float("nan")), st.just(0.0))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(data=st.data())
 def test_gtil_and_xgboost_answer_every_row_the_same_whatever_the_batch(data):
     name, gtil, batch = data.draw(st.sampled_from(GTIL_MODELS))
@@ -188,7 +203,8 @@ def test_gtil_and_xgboost_answer_every_row_the_same_whatever_the_batch(data):
 def test_the_gtil_differential_covers_bundled_and_matrix_models():
     names = [name for name, _, _ in GTIL_MODELS]
     assert sorted(name for name in names if name in example_targets()) == example_targets()
-    assert len([name for name in names if name not in example_targets()]) > 20
+    assert len([name for name in names if name not in example_targets()]) > 40
+    assert sum(name.endswith("(as checked)") for name in names) * 2 == len(names)
 
 
 def test_a_damaged_legacy_file_is_refused_by_the_reader_never_a_stray_exception():
