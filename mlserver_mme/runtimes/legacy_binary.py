@@ -11,7 +11,8 @@ file, which any later XGBoost loads. The tests hold the two side by side.
 Every count is checked against the bytes left before anything is allocated, so
 a hostile file is refused (``LegacyFormatError``) rather than read past its end;
 what is built is bounded by the file's size (about 10-15 times it, as Python
-lists and JSON text).
+lists). XGBoost is given the model as UBJSON (``ubjson``), which it parses about
+three times faster than JSON text.
 """
 
 import json
@@ -20,7 +21,8 @@ import struct
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
-import orjson
+
+from . import ubjson
 
 # LearnerModelParamLegacy: base_score, num_feature, num_class, contain_extra_attrs,
 # contain_eval_metrics, major_version, minor_version, num_target, boost_from_average, reserved[25]
@@ -116,9 +118,13 @@ def to_json_model(data: bytes, as_arrays: bool = False) -> Dict[str, Any]:
     }
 
 
-def to_json_bytes(data: bytes) -> bytes:
-    # orjson writes NumPy arrays in C, each float32 as the shortest text that reads back as it
-    return orjson.dumps(to_json_model(data, as_arrays=True), option=orjson.OPT_SERIALIZE_NUMPY)
+def to_ubjson(data: bytes) -> Tuple[bytes, Dict[str, Any]]:
+    """The converted model as UBJSON bytes for XGBoost, and its values (NumPy arrays for lists)."""
+    values = to_json_model(data, as_arrays=True)
+    try:
+        return ubjson.dumps(values), values
+    except (TypeError, KeyError, AttributeError, struct.error) as error:  # a value the objective's saved configuration held
+        raise LegacyFormatError(f"it holds a value XGBoost's models do not: {error}") from None
 
 
 def _objective(name: str, saved: Any, num_class: int, major: int) -> dict:
@@ -172,23 +178,26 @@ def _read_tree(reader: "_Reader", number: int, as_arrays: bool) -> dict:
     nodes = reader.array(_NODE, num_nodes)
     stats = reader.array(_STAT, num_nodes)
     parents = nodes["parent"].view("<u4") & 0x7FFFFFFF  # the top bit says "is a left child"
-    listed = (lambda array: np.ascontiguousarray(array)) if as_arrays else (lambda array: array.tolist())
+
+    def listed(array: np.ndarray, dtype: str):  # as arrays: the types XGBoost gives each field in its UBJSON
+        return np.ascontiguousarray(array, dtype=dtype) if as_arrays else array.tolist()
+
     return {
-        "base_weights": listed(stats["base_weight"]),
-        "categories": [],
-        "categories_nodes": [],
-        "categories_segments": [],
-        "categories_sizes": [],
-        "default_left": listed((nodes["sindex"] >> 31).astype(int)),
+        "base_weights": listed(stats["base_weight"], "<f4"),
+        "categories": listed(np.empty(0), "<i4"),
+        "categories_nodes": listed(np.empty(0), "<i4"),
+        "categories_segments": listed(np.empty(0), "<i8"),
+        "categories_sizes": listed(np.empty(0), "<i8"),
+        "default_left": listed(nodes["sindex"] >> 31, "u1"),
         "id": number,
-        "left_children": listed(nodes["left"]),
-        "loss_changes": listed(stats["loss_chg"]),
-        "parents": listed(parents.astype(np.int64)),
-        "right_children": listed(nodes["right"]),
-        "split_conditions": listed(nodes["info"]),
-        "split_indices": listed((nodes["sindex"] & 0x7FFFFFFF).astype(np.int64)),
-        "split_type": [0] * num_nodes,
-        "sum_hessian": listed(stats["sum_hess"]),
+        "left_children": listed(nodes["left"], "<i4"),
+        "loss_changes": listed(stats["loss_chg"], "<f4"),
+        "parents": listed(parents, "<i4"),
+        "right_children": listed(nodes["right"], "<i4"),
+        "split_conditions": listed(nodes["info"], "<f4"),
+        "split_indices": listed(nodes["sindex"] & 0x7FFFFFFF, "<i4"),
+        "split_type": listed(np.zeros(num_nodes, dtype="u1"), "u1"),
+        "sum_hessian": listed(stats["sum_hess"], "<f4"),
         "tree_param": {
             "num_deleted": str(num_deleted),
             "num_feature": str(num_feature),

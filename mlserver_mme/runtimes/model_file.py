@@ -7,7 +7,8 @@ Formats are told from the bytes, not the name:
   runtime reads as something else (3.1 wrote the base score as a vector, which
   3.0 read as another number), so such a file is refused by name, not guessed at.
 - Legacy binary (SageMaker's 1.x containers; XGBoost 3.1 no longer reads it):
-  converted to the JSON model XGBoost 1.x made of it (``legacy_binary``).
+  converted to the JSON model XGBoost 1.x made of it (``legacy_binary``), which
+  XGBoost is given as UBJSON.
 - Pickles (SageMaker's 0.90-1 ... 1.2-x containers): only when the operator
   allows them, since unpickling runs code. The booster inside is taken out of
   the pickle without XGBoost's own unpickling, so the 0.90 (legacy binary) and
@@ -22,6 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import numpy as np
 import orjson
 import xgboost as xgb
 
@@ -46,10 +48,20 @@ class ModelFile:
 
     kind: str  # "json", "ubj", "legacy-binary" or "pickle"
     saved_by: str  # the XGBoost version that wrote it, as far as the file tells
-    model: bytes  # JSON or UBJSON model bytes (a legacy model converted); b"" for a pickle's snapshot
+    model: bytes  # JSON or UBJSON model bytes (a legacy model converted, to UBJSON); b"" for a pickle's snapshot
     source: bytes  # the model as the file holds it, for a second reader: JSON, UBJSON or legacy binary
     source_format: str  # "json", "ubj" or "legacy-binary"; "" when only XGBoost reads it (a snapshot)
     snapshot: Optional[bytes] = None  # a pickle's JSON/UBJSON state (model and configuration)
+    converted: Optional[dict] = None  # a legacy model's values as ``model`` holds them (NumPy arrays for lists)
+
+    def own_values(self) -> Optional[dict]:
+        """The JSON model of what the file itself says (lists, not arrays), before XGBoost reads it:
+        a JSON file's, or a legacy file's as converted; None for UBJSON and pickles."""
+        if self.kind == "json":
+            return parse_json(self.model)
+        if self.kind == "legacy-binary" and self.converted is not None:
+            return _listed(self.converted)
+        return None
 
     def booster(self) -> xgb.Booster:
         """The booster, loaded by the runtime's XGBoost; raises BrokenModel with the reason."""
@@ -98,6 +110,15 @@ def parse_json(data: bytes) -> dict:
         return json.loads(data)
 
 
+def _listed(value):
+    """``value`` with its NumPy arrays as lists, at every depth."""
+    if isinstance(value, dict):
+        return {key: _listed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_listed(item) for item in value]
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
 def kind_of(data: bytes) -> str:
     if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
@@ -125,8 +146,8 @@ def read(data: bytes, allow_pickle: bool) -> ModelFile:
 
 def _from_legacy(data: bytes, kind: str) -> ModelFile:
     try:
-        converted = legacy_binary.to_json_bytes(data)
-        return ModelFile(kind, legacy_binary.saved_by(data), converted, data, "legacy-binary")
+        model, values = legacy_binary.to_ubjson(data)
+        return ModelFile(kind, legacy_binary.saved_by(data), model, data, "legacy-binary", converted=values)
     except legacy_binary.LegacyFormatError as error:
         raise BrokenModel(f"could not load the {kind} model file as XGBoost's legacy binary format: {error}") from None
 

@@ -129,9 +129,10 @@ def check_model_file(path: str, allow_pickle: bool) -> dict:
     """
     warm = _warmed_up
     source = read_model_file(path, allow_pickle)
-    own_values = source.kind in ("json", "legacy-binary")
-    if own_values:  # the file's own values, checked before XGBoost's parser (which trusts them) reads them
-        model = model_file.parse_json(source.model)
+    own = source.own_values()
+    own_values = own is not None
+    if own is not None:  # the file's own values, checked before XGBoost's parser (which trusts them) reads them
+        model = own
         visits = _check_structure(model)
     booster = source.booster()
     if not own_values:  # UBJSON or a pickle: checked as XGBoost read them
