@@ -18,7 +18,6 @@ evaluation of the JSON model instead.
 """
 
 import ctypes
-from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
@@ -66,59 +65,47 @@ def second_reading(source: ModelFile) -> Optional[treelite.Model]:
     return None
 
 
-@dataclass
-class SecondReading:
-    """What a second reading of the file expects the probe rows to answer.
-
-    ``reader`` names the reading; ``reference`` is Treelite's model (None for gblinear, or a pickle's
-    snapshot, which only XGBoost reads); ``expected`` maps "margins", "dense" and "sparse" to answers
-    (None when only XGBoost reads the file); ``clear`` marks where a discrete answer is clear of rounding.
-    """
-
-    rows: np.ndarray
-    reader: str = "XGBoost only"
-    reference: Optional[treelite.Model] = None
-    expected: Optional[dict] = None
-    clear: dict = field(default_factory=dict)
-
-
-def read_again(source: ModelFile, model: dict, rows: np.ndarray, own_values: bool) -> SecondReading:
-    """The answers a second reading of the file (Treelite's, or NumPy's for gblinear) gives ``rows``.
-
-    ``model`` is the JSON model: the file's own values if ``own_values``, else XGBoost's reading of them.
-    """
-    learner = model["learner"]
-    objective = learner["objective"]["name"]
-    second = SecondReading(rows)
-    if learner["gradient_booster"]["name"] == "gblinear":
-        second.expected = {"margins": _linear_margin(model, rows)}
-        if objective in IDENTITY_OBJECTIVES:  # the answer is the margin (a missing value weighs 0, as a 0 does)
-            second.expected["dense"] = second.expected["sparse"] = second.expected["margins"]
-        second.reader = "a NumPy evaluation" if own_values else "a NumPy evaluation of XGBoost's reading"
-        return second
+def treelite_reading(source: ModelFile, model: dict) -> Optional[treelite.Model]:
+    """Treelite's reading of a tree model's file; None for gblinear (NumPy evaluates its JSON model)
+    and a pickle's snapshot (only XGBoost reads it). Raises BrokenModel when Treelite cannot read it."""
+    if model["learner"]["gradient_booster"]["name"] == "gblinear":
+        return None
     try:
-        second.reference = second_reading(source)
+        return second_reading(source)
     except treelite.TreeliteError as error:
         raise BrokenModel(
             f"Treelite, which checks the server's reading of every tree model, cannot read it "
             f"({describe(error)}); the model was saved by XGBoost {source.saved_by}"
         ) from None
-    if second.reference is None:
-        return second
-    reference = second.reference
+
+
+def _expected(model: dict, own_values: bool, reference: Optional[treelite.Model], rows: np.ndarray):
+    """(the reading's name, its answers to ``rows`` by kind, where a discrete answer is clear of rounding).
+
+    The answers map "margins", "dense" and "sparse" to arrays; None when only XGBoost reads the file.
+    """
+    learner = model["learner"]
+    objective = learner["objective"]["name"]
+    if learner["gradient_booster"]["name"] == "gblinear":
+        expected = {"margins": _linear_margin(model, rows)}
+        if objective in IDENTITY_OBJECTIVES:  # the answer is the margin (a missing value weighs 0, as a 0 does)
+            expected["dense"] = expected["sparse"] = expected["margins"]
+        return ("a NumPy evaluation" if own_values else "a NumPy evaluation of XGBoost's reading"), expected, {}
+    if reference is None:
+        return "XGBoost only", None, {}
     margins = treelite.gtil.predict(reference, rows, nthread=1, pred_margin=True)
     dense = margins if objective in IDENTITY_OBJECTIVES else treelite.gtil.predict(reference, rows, nthread=1)
-    second.expected = {
+    expected = {
         "margins": margins,  # the answers themselves where the objective leaves the sum as it is
         "dense": dense,
         "sparse": _sparse_answers(reference, rows, dense, pred_margin=False),
     }
-    second.reader = "Treelite"
+    clear = {}
     if objective in DISCRETE_OBJECTIVES:
         sparse_margins = _sparse_answers(reference, rows, margins, pred_margin=True)
-        second.expected["dense"], second.clear["dense"] = _decided(objective, margins)
-        second.expected["sparse"], second.clear["sparse"] = _decided(objective, sparse_margins)
-    return second
+        expected["dense"], clear["dense"] = _decided(objective, margins)
+        expected["sparse"], clear["sparse"] = _decided(objective, sparse_margins)
+    return "Treelite", expected, clear
 
 
 def _sparse_answers(reference, rows: np.ndarray, dense: np.ndarray, pred_margin: bool) -> np.ndarray:
@@ -137,52 +124,54 @@ def _sparse_answers(reference, rows: np.ndarray, dense: np.ndarray, pred_margin:
 
 def check_agreement(
     source: ModelFile, model: dict, own_values: bool, booster, batch: Callable, small: Optional[Callable],
-    max_rows: int, second: Optional[SecondReading] = None,
+    max_rows: int, reference: Optional[treelite.Model], rows: Optional[np.ndarray] = None,
 ) -> Tuple[str, bool]:
     """Raise BrokenModel unless the server's answers match a second reading. Returns which reading was
     used, and whether ``small`` is exact.
 
     ``model`` is the JSON model: the file's own values if ``own_values``, else XGBoost's reading
-    of them. ``batch`` is XGBoost's predictor, which the server runs on batches over ``max_rows``
-    rows. ``small`` is the GTIL predictor the server would run on batches of up to ``max_rows``
-    rows, still unproven (or None): it is exact when it answers every probe row, dense and sparse,
-    bit for bit as ``batch`` does, and then takes the small batches; else ``batch`` takes them too
-    and is compared in those shapes as well. ``second`` is the second reading if made already
-    (``read_again`` on ``probe_rows(model)``), else it is made here.
+    of them; ``reference`` is Treelite's reading of the file (``treelite_reading``), ``rows`` the
+    probe rows (``probe_rows(model)`` if not given). ``batch`` is XGBoost's predictor, which the
+    server runs on batches over ``max_rows`` rows. ``small`` is GTIL on ``reference``
+    (``gtil.gtil_predictor``), which the server would run on batches of up to ``max_rows`` rows,
+    still unproven (or None): it is exact when it answers every probe row, dense and sparse, bit
+    for bit as ``batch`` does, and then takes the small batches; else ``batch`` takes them too and is
+    compared in those shapes as well. An exact GTIL is itself the comparison: Treelite's trees and
+    base score, summed, gave XGBoost's answers to the bit.
     """
     learner = model["learner"]
     objective = learner["objective"]["name"]
     outputs = model_file.outputs(learner["learner_model_param"])
-    if second is None:
-        second = read_again(source, model, probe_rows(model), own_values)
-    rows = second.rows
+    rows = probe_rows(model) if rows is None else rows
     answers = _answers(batch, rows, max_rows, outputs)
     exact = small is not None and _same_as_batch(small, rows, max_rows, answers)
+    if exact and reference is not None:
+        return "Treelite", True
     if not exact:  # XGBoost answers the small batches too: they are compared in their own shapes
         answers.update(_small_answers(batch, rows, max_rows))
     linear = learner["gradient_booster"]["name"] == "gblinear"
     margins = None
     if objective not in IDENTITY_OBJECTIVES or "one large batch" not in answers:  # else the answers are margins
         margins = ("margins", np.arange(len(rows)), _margins(booster, rows, linear))
-    expected = second.expected
+    reader, expected, clear = _expected(model, own_values, reference, rows)
     if expected is None:
-        return second.reader, exact
+        return reader, exact
     if "dense" not in expected:  # the answers' own transformation is not computed: the margins only
         answers = {}
     if margins is not None:
         answers["margins"] = margins
     for shape, (kind, asked, answer) in answers.items():
         wanted = np.asarray(expected[kind]).reshape(len(rows), -1)[asked]
-        if kind in second.clear:  # a class or sign a rounding could flip: not compared
-            answer = np.where(second.clear[kind][asked], np.asarray(answer).reshape(wanted.shape), wanted)
+        if kind in clear:  # a class or sign a rounding could flip: not compared
+            answer = np.where(clear[kind][asked], np.asarray(answer).reshape(wanted.shape), wanted)
         difference = _difference(answer, wanted)
         if difference:
             raise BrokenModel(
-                f"its predictions differ from a second reading of the file ({second.reader}) on {shape}: "
+                f"its predictions differ from a second reading of the file ({reader}) on {shape}: "
                 f"{difference}. The model was saved by XGBoost {source.saved_by}; this server runs XGBoost "
                 f"{xgboost.__version__} and will not serve answers it cannot vouch for"
             )
-    return second.reader, exact
+    return reader, exact
 
 
 def _decided(objective: str, margins: np.ndarray):

@@ -28,8 +28,6 @@ import treelite.core
 import treelite.gtil
 from treelite.gtil.gtil import GTILConfig
 
-from . import model_file
-
 # treelite.gtil.predict_per_tree builds and parses a JSON configuration and asks the model its types on
 # every call; a dense float32 matrix goes straight to Treelite's C function instead, with all of that
 # done once. Treelite's library handle is private to Treelite 4 (pinned <5): without it, the public call.
@@ -62,8 +60,9 @@ def gtil_predictor(booster, nthread: int, model: Optional[treelite.Model] = None
     """GTIL's per-tree scores summed as XGBoost sums them, for a model whose objective allows it, else None.
 
     ``model`` is Treelite's reading of the model file (``crosscheck.second_reading``); without it, of
-    ``booster``. Unproven: ``exact_gtil`` probes it against XGBoost. A load may take it as it is when
-    the artifact's check (which proved the same reading of the same file) found it exact.
+    ``booster``. The base score is Treelite's, so exact answers also prove that XGBoost read the base
+    score as Treelite did. Unproven: ``exact_gtil`` probes it against XGBoost. A load may take it as it
+    is when the artifact's check (which proved the same reading of the same file) found it exact.
     """
     learner = json.loads(booster.save_config())["learner"]
     parameters = learner["learner_model_param"]
@@ -76,9 +75,14 @@ def gtil_predictor(booster, nthread: int, model: Optional[treelite.Model] = None
         return None
     try:
         model = model if model is not None else treelite.frontend.from_xgboost(booster)
+        header = model.get_header_accessor()
+        base_scores, postprocessor = header.get_field("base_scores"), header.get_field("postprocessor")
+        outputs = (header.get_field("num_target"), header.get_field("num_class"))
     except treelite.TreeliteError:
         return None  # a model Treelite does not read
-    base_score = np.float32(model_file.base_scores(parameters)[0])  # single-output models only
+    if postprocessor != "identity" or len(base_scores) != 1 or any(list(field) != [1] for field in outputs):
+        return None  # Treelite reads another kind of model than XGBoost does: no fast path, the check compares them
+    base_score = np.float32(base_scores[0])
     config = GTILConfig(predict_type="score_per_tree", nthread=nthread)  # parsed once, not per call
     dense = _dense_per_tree(model, config)
 

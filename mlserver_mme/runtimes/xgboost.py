@@ -139,12 +139,12 @@ def check_model_file(path: str, allow_pickle: bool) -> dict:
         model = model_file.parse_json(bytes(booster.save_raw("json")))
         visits = _check_structure(model)
     booster.set_param({"nthread": 1})
-    second = crosscheck.read_again(source, model, crosscheck.probe_rows(model), own_values)
-    small = None  # GTIL as a load after this check makes it (from Treelite's reading): proven exact, or not
+    reference = crosscheck.treelite_reading(source, model)
+    small = None  # GTIL as a load after this check makes it (on Treelite's reading): proven exact, or not
     if os.path.getsize(path) <= MAX_GTIL_MODEL_BYTES:
-        small = gtil_predictor(booster, 1, second.reference)
+        small = gtil_predictor(booster, 1, reference)
     second_reader, exact = crosscheck.check_agreement(
-        source, model, own_values, booster, batch_predictor(booster), small, GTIL_MAX_ROWS, second
+        source, model, own_values, booster, batch_predictor(booster), small, GTIL_MAX_ROWS, reference
     )
     return {
         "format": source.kind, "saved_by": source.saved_by, "compared_with": second_reader, "gtil": exact,

@@ -285,15 +285,17 @@ def test_a_server_predictor_answering_wrong_is_caught_whatever_the_objective(fil
     booster = source.booster()
     batch = batch_predictor(booster)
     model = source.own_values()
-    assert crosscheck.check_agreement(source, model, True, booster, batch, None, GTIL_MAX_ROWS)[0]
+    reference = crosscheck.treelite_reading(source, model)
+    assert crosscheck.check_agreement(source, model, True, booster, batch, None, GTIL_MAX_ROWS, reference)[0]
 
     def off_by_one(rows):
         return batch(rows) + 1  # another class, sign or value on every row
 
     with pytest.raises(BrokenModel, match="differ from a second reading"):
-        crosscheck.check_agreement(source, model, True, booster, off_by_one, None, GTIL_MAX_ROWS)
+        crosscheck.check_agreement(source, model, True, booster, off_by_one, None, GTIL_MAX_ROWS, reference)
     # a small-batch predictor that is off is not exact: XGBoost keeps the small batches, and the model is served
-    assert crosscheck.check_agreement(source, model, True, booster, batch, off_by_one, GTIL_MAX_ROWS)[1] is False
+    assert crosscheck.check_agreement(
+        source, model, True, booster, batch, off_by_one, GTIL_MAX_ROWS, reference)[1] is False
 
 
 def test_gtil_is_proven_exact_by_the_check_only_when_it_is():
@@ -302,14 +304,35 @@ def test_gtil_is_proven_exact_by_the_check_only_when_it_is():
 
     source = model_file.read(open(os.path.join(MATRIX, "1.7.6/reg_squarederror.bin"), "rb").read(), allow_pickle=False)
     booster = source.booster()
-    batch, gtil = batch_predictor(booster), gtil_predictor(booster, 1)
     model = source.own_values()
-    assert crosscheck.check_agreement(source, model, True, booster, batch, gtil, GTIL_MAX_ROWS) == ("Treelite", True)
+    reference = crosscheck.treelite_reading(source, model)
+    batch, gtil = batch_predictor(booster), gtil_predictor(booster, 1, reference)
+    assert crosscheck.check_agreement(source, model, True, booster, batch, gtil, GTIL_MAX_ROWS, reference) == (
+        "Treelite", True)
 
     def last_bit_off(rows):
         answer = gtil(rows)
         answer[-1] = np.nextafter(answer[-1], np.float32(np.inf))  # one row, one float apart
         return answer
 
-    assert crosscheck.check_agreement(source, model, True, booster, batch, last_bit_off, GTIL_MAX_ROWS) == (
+    assert crosscheck.check_agreement(source, model, True, booster, batch, last_bit_off, GTIL_MAX_ROWS, reference) == (
         "Treelite", False)
+
+
+def test_a_base_score_xgboost_reads_otherwise_than_treelite_is_caught_even_where_gtil_would_serve():
+    """XGBoost 3.0 read 3.1's vector base score as another number: GTIL, summing from Treelite's base score,
+    is then not exact, and the comparison refuses the model."""
+    from mlserver_mme.runtimes import crosscheck
+    from mlserver_mme.runtimes.gtil import gtil_predictor
+
+    source = model_file.read(open(os.path.join(MATRIX, "3.2.0/reg_squarederror.json"), "rb").read(), allow_pickle=False)
+    model = source.own_values()
+    misread = json.loads(source.model)
+    misread["learner"]["learner_model_param"]["base_score"] = "[1.25E0]"  # what a misreading XGBoost would hold
+    booster = model_file.read(json.dumps(misread).encode(), allow_pickle=False).booster()
+    reference = crosscheck.treelite_reading(source, model)  # Treelite reads the file as it is
+    gtil = gtil_predictor(booster, 1, reference)
+    assert gtil is not None
+    with pytest.raises(BrokenModel, match="differ from a second reading"):
+        crosscheck.check_agreement(source, model, True, booster, batch_predictor(booster), gtil, GTIL_MAX_ROWS,
+                                   reference)
