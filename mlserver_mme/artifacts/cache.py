@@ -158,9 +158,10 @@ class ArtifactCache:
             return fetched
         try:
             checked = await self.check(target, fetched.content)  # waits for a check slot without holding a thread
-            return await in_io(self._publish_download, target, fetched, checked)
-        finally:
-            await in_io(shutil.rmtree, fetched.work, True)  # gone already when published
+            return await in_io(self._publish_download, target, fetched, checked)  # moves the download's folder
+        except BaseException:
+            await in_io(shutil.rmtree, fetched.work, True)  # refused or interrupted: nothing of it is kept
+            raise
 
     def _reuse_or_download(self, target: str, known: Optional[LocalArtifact]):
         try:

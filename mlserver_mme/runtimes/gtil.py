@@ -56,15 +56,18 @@ def exact_gtil(booster, trees: list, nthread: int) -> Optional[Predictor]:
     return predict
 
 
-def gtil_predictor(booster, nthread: int, model: Optional[treelite.Model] = None) -> Optional[Predictor]:
+def gtil_predictor(
+    booster, nthread: int, model: Optional[treelite.Model] = None, learner: Optional[dict] = None
+) -> Optional[Predictor]:
     """GTIL's per-tree scores summed as XGBoost sums them, for a model whose objective allows it, else None.
 
     ``model`` is Treelite's reading of the model file (``crosscheck.second_reading``); without it, of
     ``booster``. The base score is Treelite's, so exact answers also prove that XGBoost read the base
     score as Treelite did. Unproven: ``exact_gtil`` probes it against XGBoost. A load may take it as it
     is when the artifact's check (which proved the same reading of the same file) found it exact.
+    ``learner`` is the ``learner`` part of the booster's configuration, if at hand.
     """
-    learner = json.loads(booster.save_config())["learner"]
+    learner = learner or json.loads(booster.save_config())["learner"]
     parameters = learner["learner_model_param"]
     if (
         learner["objective"]["name"] not in IDENTITY_OBJECTIVES

@@ -64,25 +64,30 @@ def read_model_file(path: str, allow_pickle: bool) -> model_file.ModelFile:
         return model_file.read(file.read(), allow_pickle)
 
 
-def _ready(booster: xgb.Booster, nthread: int) -> Callable[[Features], np.ndarray]:
+def _ready(booster: xgb.Booster, nthread: int, learner: Optional[dict] = None) -> Callable[[Features], np.ndarray]:
     """``booster`` on ``nthread`` threads, its predictor set up; its batch predictor."""
     booster.set_param({"nthread": nthread})
     # xgboost sets up its predictor on the first prediction: do it here, off the event loop.
-    batch = batch_predictor(booster)
+    batch = batch_predictor(booster, learner)
     batch(np.zeros((1, booster.num_features()), dtype=np.float32))
     return batch
 
 
-def batch_predictor(booster: xgb.Booster) -> Callable[[Features], np.ndarray]:
+def learner_of(booster: xgb.Booster) -> dict:
+    """The ``learner`` part of the booster's configuration (its objective, booster kind and model parameters)."""
+    return json.loads(booster.save_config())["learner"]
+
+
+def batch_predictor(booster: xgb.Booster, learner: Optional[dict] = None) -> Callable[[Features], np.ndarray]:
     """XGBoost's prediction of a matrix of rows: ``inplace_predict``, which gblinear lacks."""
-    if json.loads(booster.save_config())["learner"]["gradient_booster"]["name"] != "gblinear":
+    if (learner or learner_of(booster))["gradient_booster"]["name"] != "gblinear":
         return functools.partial(booster.inplace_predict, validate_features=False)
     return lambda features: booster.predict(xgb.DMatrix(features, missing=np.nan), validate_features=False)
 
 
 def _gtil_for(
     booster: xgb.Booster, path: str, nthread: int, proven: Optional[bool] = None,
-    source: Optional[model_file.ModelFile] = None,
+    source: Optional[model_file.ModelFile] = None, learner: Optional[dict] = None,
 ) -> Optional[Predictor]:
     """GTIL when it predicts exactly as ``booster`` (see ``gtil.py``), else None.
 
@@ -98,21 +103,19 @@ def _gtil_for(
             reading = crosscheck.second_reading(source) if source is not None else None
         except treelite.TreeliteError:
             return None
-        return gtil_predictor(booster, nthread, reading)
+        return gtil_predictor(booster, nthread, reading, learner)
     model = model_file.parse_json(bytes(booster.save_raw("json")))
     return exact_gtil(booster, model_file.trees(model), nthread)
 
 
 def _loaded(path: str, allow_pickle: bool, nthread: int, proven: Optional[bool]):
-    """The booster, its batch predictor and GTIL predictor (or None): a load's work, in one load thread."""
+    """The booster, its batch predictor, GTIL predictor (or None) and values per row: a load's work, in one
+    load thread."""
     source = read_model_file(path, allow_pickle)
     booster = source.booster()
-    return booster, _ready(booster, nthread), _gtil_for(booster, path, nthread, proven, source)
-
-
-def outputs_per_row(booster: xgb.Booster) -> int:
-    """Values predicted per row: classes of a multi-class model, targets of a multi-target one."""
-    return model_file.outputs(json.loads(booster.save_config())["learner"]["learner_model_param"])
+    learner = learner_of(booster)
+    batch, gtil = _ready(booster, nthread, learner), _gtil_for(booster, path, nthread, proven, source, learner)
+    return booster, batch, gtil, model_file.outputs(learner["learner_model_param"])
 
 
 def check_model_file(path: str, allow_pickle: bool) -> dict:
@@ -139,12 +142,13 @@ def check_model_file(path: str, allow_pickle: bool) -> dict:
         model = model_file.parse_json(bytes(booster.save_raw("json")))
         visits = _check_structure(model)
     booster.set_param({"nthread": 1})
+    learner = learner_of(booster)
     reference = crosscheck.treelite_reading(source, model)
     small = None  # GTIL as a load after this check makes it (on Treelite's reading): proven exact, or not
     if os.path.getsize(path) <= MAX_GTIL_MODEL_BYTES:
-        small = gtil_predictor(booster, 1, reference)
+        small = gtil_predictor(booster, 1, reference, learner)
     second_reader, exact = crosscheck.check_agreement(
-        source, model, own_values, booster, batch_predictor(booster), small, GTIL_MAX_ROWS, reference
+        source, model, own_values, booster, batch_predictor(booster, learner), small, GTIL_MAX_ROWS, reference
     )
     return {
         "format": source.kind, "saved_by": source.saved_by, "compared_with": second_reader, "gtil": exact,
@@ -276,9 +280,10 @@ class XGBoostModel(MLModel, FeaturePredictor):
         # Reading and parsing a model takes milliseconds to seconds: keep it off the event loop.
         nthread = int(options.get("nthread", 1))
         allow_pickle, proven = bool(options.get("allow_pickle", False)), options.get("gtil_exact")
-        self._booster, self._batch, self._gtil = await in_loads(_loaded, path, allow_pickle, nthread, proven)
+        self._booster, self._batch, self._gtil, self._outputs = await in_loads(
+            _loaded, path, allow_pickle, nthread, proven
+        )
         self._num_features = self._booster.num_features()
-        self._outputs = outputs_per_row(self._booster)
         return True
 
     @property
