@@ -134,21 +134,31 @@ def mlserver_parts() -> MLServerParts:
 def route_v2_calls(
     parts: MLServerParts,
     around_model: Callable[[str], AsyncContextManager],
+    ready: Callable[[str, Callable[[], Awaitable[bool]]], Awaitable[bool]],
     load: Callable[[str, Callable], Awaitable[bool]],
     unload: Callable[[str, Callable], Awaitable[bool]],
     refuse_stream: Callable[[str], None],
 ) -> None:
     """Send MLServer's V2 calls (REST and gRPC) through the multi-model layer.
 
-    The data plane's calls on one model run inside ``around_model(name)``; the repository
-    API's ``load(name)``/``unload(name)`` become ``load(name, original)``/``unload(name, original)``.
+    Inference and metadata of one model run inside ``around_model(name)``; readiness becomes
+    ``ready(name, original)`` (``original()`` asks MLServer); the repository API's
+    ``load(name)``/``unload(name)`` become ``load(name, original)``/``unload(name, original)``.
     Streaming inference (REST ``infer_stream``, gRPC ``ModelStreamInfer``) first passes
     ``refuse_stream(name)``, which raises for a model that is not to stream: before MLServer
     looks the name up or makes metrics for it, and before a REST stream's response starts.
     """
     data_plane = parts.data_plane
-    for method in ("infer", "model_ready", "model_metadata"):
+    for method in ("infer", "model_metadata"):
         setattr(data_plane, method, _around_model(getattr(data_plane, method), around_model))
+    asked_ready = data_plane.model_ready
+    ready_signature = inspect.signature(asked_ready)  # callers pass the name by position (REST) or keyword (gRPC)
+
+    async def routed_ready(*args, **kwargs) -> bool:
+        name = ready_signature.bind(*args, **kwargs).arguments["name"]
+        return await ready(name, lambda: asked_ready(*args, **kwargs))
+
+    data_plane.model_ready = routed_ready
     streaming = data_plane.infer_stream
 
     def gated_stream(payloads, name: str, version=None):  # not async: both callers call it, then iterate

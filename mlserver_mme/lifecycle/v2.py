@@ -1,8 +1,10 @@
 """V2 calls through the lifecycle, over REST and gRPC alike (MLServer's two servers share one set of handlers).
 
-- Inference, metadata and readiness of a model under the prefix load it on first use, as
-  SageMaker requests do, count it in flight (an unload waits for it) and refresh its
-  place in the LRU order.
+- Inference and metadata of a model under the prefix load it on first use, as SageMaker
+  requests do, count it in flight (an unload waits for it) and refresh its place in the
+  LRU order.
+- Readiness reports the model's state and never loads it (as Triton's): ready only while
+  it is loaded, so a monitor polling every name does not cycle models through memory.
 - Repository ``load`` loads through the same single flight and budgets (a loaded model
   stays as it is: no second instance, no second download); ``unload`` waits for the
   model's requests in flight and its operation under way.
@@ -62,6 +64,17 @@ class V2Gate:
             yield
         finally:
             entry.release()
+
+    async def ready(self, name: str, original: Callable[[], Awaitable[bool]]) -> bool:
+        """Whether ``name`` is loaded now; nothing is fetched or loaded to answer."""
+        entry = self.lifecycle.models.get(name)
+        if entry is not None:
+            return entry.state is State.READY
+        if self.target(name) is None:
+            if name not in self.folder_models:
+                raise ModelNotFound(name)
+            return await original()  # a model of the folder: MLServer's
+        return await self.lifecycle.loader.registered(name) is not None  # preloaded at start-up, not used yet
 
     async def load(self, name: str, original: Handler) -> bool:
         self._refuse_router(name)

@@ -79,6 +79,7 @@ def test_tritonclient_http_on_its_defaults(triton_server, target):
         assert result.get_output(output["name"])["data"] == EXPECTED["predictions"][target]
 
         client.unload_model(name)
+        assert not client.is_model_ready(name)  # readiness reports the state: it loads nothing
         assert {item["name"]: item for item in client.get_model_repository_index()}[name]["state"] == "UNAVAILABLE"
     finally:
         client.close()
@@ -120,6 +121,7 @@ def test_tritonclient_grpc_on_its_defaults(triton_server, target):
     assert name in seen["index"]
     assert seen["ready"] and seen["metadata_name"] == name
     assert seen["predictions"] == expected(target).tolist()
+    assert seen["ready_after_unload"] is False
     assert seen["state_after_unload"] in ("UNAVAILABLE", "State.UNAVAILABLE")  # MLServer's gRPC spells it so
 
 

@@ -53,13 +53,21 @@ def test_rest_and_grpc_inference_load_on_first_use_and_take_part_in_the_lru(pref
     assert [prefix.gets(f"{name}.tar.gz") for name in ("rest", "grpc", "sagemaker")] == [1, 1, 1]
 
 
-def test_metadata_and_readiness_load_too(prefix, start_server):
+def test_metadata_loads_and_readiness_only_reports(prefix, start_server):
     houston(prefix, "meta.tar.gz", "ready.tar.gz")
     server = start_server()
+    for _ in range(3):  # a monitor polling readiness loads nothing
+        assert httpx.get(f"{server.url}/v2/models/ready/ready", timeout=60).status_code == 400
     metadata = httpx.get(f"{server.url}/v2/models/meta", timeout=60)
     assert metadata.status_code == 200 and metadata.json()["name"] == "meta"
+    assert httpx.get(f"{server.url}/v2/models/meta/ready", timeout=60).status_code == 200
+    assert loaded(server) == {"meta"}
+    assert prefix.gets("ready.tar.gz") == 0
+    assert rest_infer(server, "ready").status_code == 200
     assert httpx.get(f"{server.url}/v2/models/ready/ready", timeout=60).status_code == 200
-    assert loaded(server) == {"meta", "ready"}
+    assert httpx.post(f"{server.url}/v2/repository/models/ready/unload").status_code == 200
+    assert httpx.get(f"{server.url}/v2/models/ready/ready", timeout=60).status_code == 400
+    assert loaded(server) == {"meta"}
 
 
 def test_missing_and_broken_models_answer_v2_errors(prefix, start_server):
@@ -69,7 +77,8 @@ def test_missing_and_broken_models_answer_v2_errors(prefix, start_server):
     assert missing.status_code == 404 and "Could not find model data" in missing.json()["error"]
     broken = rest_infer(server, "broken")
     assert broken.status_code == 422 and "cannot be unpacked" in broken.json()["error"]
-    assert httpx.get(f"{server.url}/v2/models/missing/ready").status_code == 404
+    assert httpx.get(f"{server.url}/v2/models/missing/ready").status_code == 400  # not loaded; the store is not asked
+    assert httpx.get(f"{server.url}/v2/models/no~~such-name/ready").status_code == 404  # no target has this name
     assert httpx.get(f"{server.url}/v2/models/sagemaker~router/ready").status_code == 200  # MLServer's own
     junk = rest_infer(server, "no~~such-name")  # no target maps to it: refused before MLServer counts it
     assert junk.status_code == 404

@@ -28,6 +28,7 @@ def main(address: str, name: str, rows: list) -> dict:
         (output,) = result.get_response().outputs
         seen["predictions"] = result.as_numpy(output.name).ravel().tolist()
         client.unload_model(name)
+        seen["ready_after_unload"] = client.is_model_ready(name)
         states = {model.name: model.state for model in client.get_model_repository_index().models}
         seen["state_after_unload"] = states[name]
     finally:
