@@ -7,11 +7,12 @@ folder that holds it (the one passed to ``mlserver start``).
 """
 
 import os
-import tempfile
 from typing import Optional
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .folders import default_cache_dir
 
 ENV_PREFIX = "MLSERVER_MME_"
 
@@ -22,8 +23,9 @@ class MMESettings(BaseSettings):
     model_prefix: str = "../examples/models"
     """Where the model archives live: ``s3://bucket/path/``, a folder or a ``file://`` URL."""
 
-    cache_dir: str = os.path.join(tempfile.gettempdir(), "mlserver-mme")
-    """Local folder holding downloaded and unpacked models."""
+    cache_dir: str = Field(default_factory=default_cache_dir)
+    """Local folder holding downloaded and unpacked models: the user's own (``$XDG_CACHE_HOME/mlserver-mme``,
+    else ``~/.cache/mlserver-mme``), which must belong to the server's user and be writable by no one else."""
 
     allow_pickle: bool = False
     """Load pickled boosters (pickle runs code on load: only for trusted artifacts)."""
@@ -88,6 +90,14 @@ class MMESettings(BaseSettings):
     admin_token: Optional[str] = None
     """When set, ``/v2/repository/*`` and the hosting routes (``/models...``) need
     ``Authorization: Bearer <token>``."""
+
+    shard_check: Optional[str] = None
+    """Set by ``mlserver-mme serve`` per start, with ``shard_answer``: a ``/ping`` carrying
+    ``X-MME-Shard-Check: <shard_check>`` is answered with ``X-MME-Shard-Answer: <shard_answer>``, which
+    HAProxy's health check expects, so that nothing but this start's own shards is ever up behind it."""
+
+    shard_answer: Optional[str] = None
+    """See ``shard_check``."""
 
     sagemaker_multi_model: bool = Field(False, validation_alias="SAGEMAKER_MULTI_MODEL")
     """Set by SageMaker (``SAGEMAKER_MULTI_MODEL=true``) when it hosts the container: serve its hosting

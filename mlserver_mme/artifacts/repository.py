@@ -28,6 +28,7 @@ from mlserver.settings import ModelParameters, ModelSettings
 from .. import mlserver_internals
 from ..config import comma_list, load_settings, preload_targets
 from ..errors import BrokenModel, StorageUnavailable
+from ..folders import private_folder
 from ..naming import NotATargetPath, target_of, v2_name
 from ..observability.memory import parse_size, total_memory
 from ..observability.metrics import metrics
@@ -65,7 +66,7 @@ class MMERepository(SchemalessModelRepository):
             spares=self.settings.check_spares,
         )
         disk_limit = self.settings.disk_limit
-        os.makedirs(self.settings.cache_dir, exist_ok=True)
+        private_folder(self.settings.cache_dir, "MLSERVER_MME_CACHE_DIR")
         self.cache = ArtifactCache(
             self.store,
             self.settings.model_prefix,

@@ -101,6 +101,8 @@ class SageMakerMiddleware:
         keys = configured_keys(settings)
         self.verifier = SigV4Verifier(keys) if keys else None
         self.admin_token = settings.admin_token.encode() if settings.admin_token else None
+        self.shard_check = (settings.shard_check or "").encode()  # see MMESettings.shard_check
+        self.shard_answer = [(b"x-mme-shard-answer", (settings.shard_answer or "").encode())]
         self.batches = BatchPool()
         self.model_metrics = model_metrics(settings.per_model_metrics_top_k)
         self.hosting = None
@@ -116,7 +118,7 @@ class SageMakerMiddleware:
                 return await self.invoke(scope, receive, send)
             if path == "/ping" and method in ("GET", "HEAD"):
                 # Healthy while the server runs, loads in progress included.
-                return await respond(send, 200, b"", [])
+                return await respond(send, 200, b"", self.shard_answer if self._is_front_check(scope) else [])
             if self.admin_token is not None and path.startswith(MANAGEMENT_PATHS) and not self._is_admin(scope):
                 # one answer on every management route, hosting and V2 alike: SageMaker's UnauthorizedException
                 error = Unauthorized("This route needs the server's admin bearer token.")
@@ -152,6 +154,11 @@ class SageMakerMiddleware:
     def _known(self, target: Optional[str]) -> bool:
         """Whether ``target``'s model is the lifecycle's now (loading, loaded or unloading)."""
         return target is not None and self.lifecycle.models.get(v2_name(target)) is not None
+
+    def _is_front_check(self, scope) -> bool:
+        """A health check of this start's own front (``mlserver-mme serve``): it knows the shard check."""
+        presented = dict(scope["headers"]).get(b"x-mme-shard-check", b"")
+        return bool(self.shard_check) and hmac.compare_digest(presented, self.shard_check)
 
     def _is_admin(self, scope) -> bool:
         presented = dict(scope["headers"]).get(b"authorization", b"")

@@ -23,8 +23,9 @@ routes do not spill: a V2 repository ``load`` or ``unload`` must reach the shard
 that serves the model, and V2 calls keep to that one copy.
 Requests without a model (``/ping``, the index) go round robin.
 
-Faults: each shard's ``/ping`` is checked every second and a connection error
-marks it down at once; a request whose connection fails or whose shard closes
+Faults: each shard's ``/ping`` is checked every second, with a check value that
+only this start's shards answer (with another value, ``MMESettings.shard_check``),
+and a connection error marks it down at once; a request whose connection fails or whose shard closes
 without answering is sent again to another shard (``retry-on``, ``redispatch``).
 A request is not retried after a timeout: it may still be running.
 
@@ -33,7 +34,8 @@ shard's MLServer metrics on ``/shards/<i>/metrics``.
 """
 
 import math
-from typing import Iterable
+import re
+from typing import Iterable, Tuple
 
 from .shards import Shard
 
@@ -48,6 +50,7 @@ SERVER_WEIGHT = 100
 """Equal weights; a higher weight puts more points of each shard on the ring, an evener split of the models."""
 
 TARGET_HEADER = "X-Amzn-SageMaker-Target-Model"
+SHARD_CHECK_VALUE = re.compile(r"[A-Za-z0-9_-]{16,}")  # secrets.token_urlsafe's letters: nothing HAProxy parses
 
 
 # The target a V2 path names (naming.py's rule read backwards), as txn.key; txn.name is set when the path is
@@ -63,7 +66,12 @@ V2_KEY_RULES = """\
 
 
 def render(shards: Iterable[Shard], host: str, http_port: int, metrics_port: int,
-           balance_factor: int = HASH_BALANCE_FACTOR) -> str:
+           balance_factor: int = HASH_BALANCE_FACTOR, shard_check: Tuple[str, str] = ("", "")) -> str:
+    """HAProxy's configuration; ``shard_check`` is this start's (check, answer) pair (``MMESettings.shard_check``):
+    a shard is up only while its ``/ping`` answers the check with the answer."""
+    check, answer = shard_check
+    if not (SHARD_CHECK_VALUE.fullmatch(check) and SHARD_CHECK_VALUE.fullmatch(answer)):
+        raise ValueError("the shard check and its answer must be 16 or more letters, digits, '-' or '_'")
     shards = list(shards)
     threads = math.ceil(len(shards) / SHARDS_PER_THREAD)
     bounded_load = f"\n    hash-balance-factor {balance_factor}" if balance_factor else ""
@@ -120,8 +128,10 @@ frontend mme
 backend sagemaker
     balance hash var(txn.key)
     hash-type consistent{bounded_load}
-    option httpchk GET /ping
-    http-check expect status 200
+    # Only this start's own shards are ever up: a process that took a shard's port does not know the answer.
+    option httpchk
+    http-check send meth GET uri /ping hdr X-MME-Shard-Check {check}
+    http-check expect hdr name X-MME-Shard-Answer value {answer}
     default-server check inter 1s fastinter 250ms downinter 250ms fall 2 rise 1 observe layer4 error-limit 1 on-error mark-down
 {ring}
 

@@ -20,11 +20,15 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
+import socket
 import sys
+from typing import List, Tuple
 
 from ..config import load_settings
+from ..folders import UnsafeFolder, private_folder, write_private_file
 from . import haproxy
 from .shards import DEFAULT_SHARD_PORT, PORTS_PER_SHARD, plan, shard_count
 
@@ -109,14 +113,30 @@ def run_sharded(folder: str, settings, count: int, mlserver: str, print_config: 
             raise ServeError(f"{name} holds a character that is not printable: {value[:100]!r}")
     shards = plan(count, settings, base_port)
     run_dir = os.path.join(os.path.abspath(settings.cache_dir), "serve")
-    haproxy_cfg = haproxy.render(shards, front_host, front_port, metrics_port, balance_factor)
-    supervisord_conf = render_supervisord(shards, folder, run_dir, mlserver, haproxy_binary)
+    # new at each start: what a shard's health answer must carry (see MMESettings.shard_check)
+    shard_check = (secrets.token_urlsafe(24), secrets.token_urlsafe(24))
+    haproxy_cfg = haproxy.render(shards, front_host, front_port, metrics_port, balance_factor, shard_check)
+    supervisord_conf = render_supervisord(shards, folder, run_dir, mlserver, haproxy_binary, shard_check)
     if print_config:
         print(f"# {run_dir}/haproxy.cfg\n{haproxy_cfg}\n# {run_dir}/supervisord.conf\n{supervisord_conf}")
         return
-    os.makedirs(run_dir, exist_ok=True)
-    _write(os.path.join(run_dir, "haproxy.cfg"), haproxy_cfg)
-    _write(os.path.join(run_dir, "supervisord.conf"), supervisord_conf)
+    busy = busy_ports([(front_host or "0.0.0.0", front_port, "the front (MLSERVER_HTTP_PORT)"),
+                       (front_host or "0.0.0.0", metrics_port, "the front's metrics (MLSERVER_METRICS_PORT)")]
+                      + [("127.0.0.1", port, f"{s.name}'s {kind}") for s in shards
+                         for port, kind in ((s.http_port, "HTTP"), (s.grpc_port, "gRPC"), (s.metrics_port, "metrics"))])
+    if busy:
+        raise ServeError(
+            f"{busy[0]} is in use by another process (a second server on this host?): stop it, or choose other "
+            f"ports (MLSERVER_HTTP_PORT, MLSERVER_METRICS_PORT, MLSERVER_MME_SHARD_PORT for the shards' {PORTS_PER_SHARD} "
+            f"each){f'; {len(busy) - 1} more in use' if len(busy) > 1 else ''}"
+        )
+    try:
+        private_folder(settings.cache_dir, "MLSERVER_MME_CACHE_DIR")
+        private_folder(run_dir, "the run folder")
+    except UnsafeFolder as error:
+        raise ServeError(str(error)) from None
+    write_private_file(os.path.join(run_dir, "haproxy.cfg"), haproxy_cfg)
+    write_private_file(os.path.join(run_dir, "supervisord.conf"), supervisord_conf)
     print(
         f"mlserver-mme serve: {count} shards on 127.0.0.1 ports {shard_ports.start}-{shard_ports.stop - 1}, "
         f"HAProxy on {front_host}:{front_port} (metrics on {metrics_port}), configuration in {run_dir}",
@@ -142,8 +162,26 @@ def _count(settings) -> int:
     return count
 
 
-def render_supervisord(shards, folder: str, run_dir: str, mlserver: str, haproxy_binary: str) -> str:
-    """supervisord's configuration: the shards in one group (stopped together), HAProxy stopped before them."""
+def busy_ports(wanted: List[Tuple[str, int, str]]) -> List[str]:
+    """Which of the (host, port, what) a server would listen on another process listens on already."""
+    busy = []
+    for host, port, what in wanted:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a closing connection is no owner
+            try:
+                probe.bind((host.strip("[]"), port))
+            except OSError:
+                busy.append(f"port {port} on {host} ({what})")
+    return busy
+
+
+def render_supervisord(shards, folder: str, run_dir: str, mlserver: str, haproxy_binary: str,
+                       shard_check: Tuple[str, str] = ("", "")) -> str:
+    """supervisord's configuration: the shards in one group (stopped together), HAProxy stopped before them.
+
+    ``shard_check`` goes to the shards in their environment (supervisord's ``environment``, not their
+    command line, which other users can read)."""
     env = shutil.which("env") or "/usr/bin/env"
     haproxy_command = _command([haproxy_binary, "-db", "-f", os.path.join(run_dir, "haproxy.cfg")])
     sections = [
@@ -173,10 +211,12 @@ priority=100
     ]
     for shard in shards:
         command = _command([env, *(f"{key}={value}" for key, value in shard.env.items()), mlserver, "start", folder])
+        check_env = f'MLSERVER_MME_SHARD_CHECK="{shard_check[0]}",MLSERVER_MME_SHARD_ANSWER="{shard_check[1]}"'
         sections.append(
             f"""
 [program:{shard.name}]
 command={command}
+environment={check_env}
 ; MLServer drains on SIGTERM; the group also holds its fork server
 stopsignal=TERM
 stopasgroup=true
@@ -221,12 +261,6 @@ def _command(argv) -> str:
 
 def _escape(text: str) -> str:
     return text.replace("%", "%%")  # supervisord expands %(name)s in its values
-
-
-def _write(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as file:
-        file.write(text)
-    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

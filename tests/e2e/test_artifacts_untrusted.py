@@ -140,6 +140,20 @@ def test_a_damaged_cached_copy_is_fetched_again(prefix, start_server, tmp_path):
     assert os.path.getsize(model_file) == len(legacy_model_bytes())
 
 
+def test_a_cached_copy_swapped_while_the_server_runs_is_fetched_again_at_its_next_load(prefix, start_server, tmp_path):
+    prefix.put("m.tar.gz", example_bytes("Houston_TX.tar.gz"))
+    cache = tmp_path / "cache"
+    server = start_server(cache_dir=cache)
+    assert call(server, "m.tar.gz").json() == HOUSTON
+    assert httpx.post(f"{server.url}/v2/repository/models/m/unload").status_code == 200
+    model_file = os.path.join(cached_content(cache, prefix, "m.tar.gz"), "xgboost-model")
+    with open(model_file, "wb") as file:  # another model in its place, as a local user with write access could
+        file.write(legacy_model_bytes("northeast/Boston_MA.tar.gz"))
+    assert call(server, "m.tar.gz").json() == HOUSTON
+    assert prefix.gets("m.tar.gz") == 2
+    assert "event=cache-damaged model=m.tar.gz" in server.log()
+
+
 def test_an_archive_cannot_write_into_another_models_cached_copy(prefix, start_server, tmp_path):
     cache = tmp_path / "cache"
     prefix.put("victim.tar.gz", example_bytes("Houston_TX.tar.gz"))

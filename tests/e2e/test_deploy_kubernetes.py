@@ -248,7 +248,7 @@ def test_servers_cache_and_tmp_are_bounded_scratch_volumes(objects):
     for path in (CACHE_DIR, "/tmp"):
         assert "sizeLimit" in volumes[mounts[path]]["emptyDir"], path
     env = _env(server)
-    assert env["MLSERVER_MME_CACHE_DIR"] == CACHE_DIR
+    assert env["MLSERVER_MME_CACHE_DIR"] == CACHE_DIR + "/cache"  # made by the server, its own, in the volume
     # The LRU must act before the kubelet evicts the pod for outgrowing the volume, with room for
     # one archive of the largest size allowed being unpacked.
     cache_limit = parse_size(volumes[mounts[CACHE_DIR]]["emptyDir"]["sizeLimit"])
