@@ -25,6 +25,7 @@ import shlex
 import shutil
 import socket
 import sys
+import time
 from typing import List, Tuple
 
 from ..config import load_settings
@@ -37,6 +38,7 @@ HOST = re.compile(r"[A-Za-z0-9.:\-\[\]]*")  # what HAProxy's bind line may get f
 # Set per shard by serve: a settings.json that sets them would put every shard on the same ports.
 PER_SHARD_SERVER_SETTINGS = ("host", "http_port", "grpc_port", "metrics_port")
 STOP_SECONDS = 25  # per stage (front, then shards); SageMaker allows a container 30 s to stop
+FRONT_WAIT_SECONDS = 120  # the front starts once the shards listen, or after this (a shard that never does is down)
 
 
 # Every program: restarted when it exits (10 tries at start-up), its output on supervisord's stdout.
@@ -63,11 +65,34 @@ def main(argv=None) -> None:
     serve = commands.add_parser("serve", help="serve FOLDER's settings, with MLSERVER_MME_SHARDS shards")
     serve.add_argument("folder", nargs="?", default="model-settings", help="MLServer settings folder (model-settings)")
     serve.add_argument("--print-config", action="store_true", help="print the generated configuration and exit")
+    front = commands.add_parser("start-front", help=argparse.SUPPRESS)  # supervisord's HAProxy program
+    front.add_argument("--ports", required=True)
+    front.add_argument("haproxy", nargs=argparse.REMAINDER, help="-- HAPROXY ARGS...")
     args = parser.parse_args(argv)
+    if args.command == "start-front":
+        haproxy_command = args.haproxy[1:] if args.haproxy[:1] == ["--"] else args.haproxy
+        start_front([int(port) for port in args.ports.split(",")], haproxy_command)
     try:
         run(os.path.abspath(args.folder), args.print_config)
     except ServeError as error:
         parser.exit(2, f"mlserver-mme serve: {error}\n")
+
+
+def start_front(shard_ports: List[int], command: List[str], timeout: float = FRONT_WAIT_SECONDS) -> None:
+    """Become HAProxy (``command``) once every shard accepts connections, or after ``timeout`` s.
+
+    Started with no shard listening, HAProxy marks them all down and alerts that no server is
+    available: noise at every start, and a minute-long outage in a monitor's eyes.
+    """
+    deadline = time.monotonic() + timeout
+    waiting = list(shard_ports)
+    while waiting and time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", waiting[0]), timeout=1):
+                waiting.pop(0)
+        except OSError:
+            time.sleep(0.1)  # a shard is still starting: MLServer binds its ports once its models are loaded
+    os.execv(command[0], command)
 
 
 def run(folder: str, print_config: bool = False) -> None:
@@ -183,7 +208,11 @@ def render_supervisord(shards, folder: str, run_dir: str, mlserver: str, haproxy
     ``shard_check`` goes to the shards in their environment (supervisord's ``environment``, not their
     command line, which other users can read)."""
     env = shutil.which("env") or "/usr/bin/env"
-    haproxy_command = _command([haproxy_binary, "-db", "-f", os.path.join(run_dir, "haproxy.cfg")])
+    haproxy_command = _command([
+        sys.executable, "-m", "mlserver_mme.scale_out.serve", "start-front",
+        "--ports", ",".join(str(s.http_port) for s in shards), "--",
+        haproxy_binary, "-db", "-f", os.path.join(run_dir, "haproxy.cfg"),
+    ])
     sections = [
         f"""\
 ; Written by `mlserver-mme serve` at each start (see mlserver_mme/scale_out/serve.py); edits are lost.

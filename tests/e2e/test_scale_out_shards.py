@@ -231,6 +231,12 @@ def test_one_shard_is_mlserver_itself_and_the_hosting_contract_is_not_sharded(tm
     assert clash.returncode == 2 and "8080" in clash.stderr
 
 
+def test_the_front_starts_once_the_shards_listen_so_its_start_is_quiet(front):
+    log = front.log()
+    assert "Server sagemaker/shard-0" not in log  # no shard went down (nor came up) at start
+    assert "[ALERT]" not in log and "no server available" not in log
+
+
 def test_boto3_answers_through_the_front_equal_xgboost(front):
     runtime = boto3.client(
         "sagemaker-runtime", endpoint_url=front.url,
