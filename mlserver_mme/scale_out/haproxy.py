@@ -24,8 +24,10 @@ that serves the model, and V2 calls keep to that one copy.
 Requests without a model (``/ping``, the index) go round robin.
 
 Faults: each shard's ``/ping`` is checked every second, with a check value that
-only this start's shards answer (with another value, ``MMESettings.shard_check``),
-and a connection error marks it down at once; a request whose connection fails or whose shard closes
+only this start's shards answer (with another value, ``MMESettings.shard_check``).
+A connection error marks it down at once (3 failed checks a quarter of a second
+apart, or one failed connection of a request), a late answer only after 3 checks
+of ``CHECK_TIMEOUT_SECONDS`` each: slowness is not death; a request whose connection fails or whose shard closes
 without answering is sent again to another shard (``retry-on``, ``redispatch``).
 A request is not retried after a timeout: it may still be running.
 
@@ -50,6 +52,9 @@ SERVER_WEIGHT = 100
 """Equal weights; a higher weight puts more points of each shard on the ring, an evener split of the models."""
 
 TARGET_HEADER = "X-Amzn-SageMaker-Target-Model"
+CHECK_TIMEOUT_SECONDS = 10
+"""How long a health check waits for its answer: 3 late answers in a row (30 s) mark a shard down."""
+
 SHARD_CHECK_VALUE = re.compile(r"[A-Za-z0-9_-]{16,}")  # secrets.token_urlsafe's letters: nothing HAProxy parses
 
 
@@ -103,7 +108,9 @@ defaults
     timeout http-request 30s
     timeout http-keep-alive 60s
     timeout queue 60s
-    timeout check 2s
+    # A slow answer is not a dead shard: a shard starved of CPU by busy neighbours answers its health check late,
+    # and moving its models would download and load them twice. A dead one refuses the connection: down at once.
+    timeout check {CHECK_TIMEOUT_SECONDS}s
     # A request is sent again (to another shard) when its connection fails or its shard closes without
     # answering. Only a request whole in HAProxy's buffer can be: wait for bodies (up to 16 KiB) first,
     # else a keep-alive client's request on a dying shard is dropped for the client to retry.
@@ -132,7 +139,7 @@ backend sagemaker
     option httpchk
     http-check send meth GET uri /ping hdr X-MME-Shard-Check {check}
     http-check expect hdr name X-MME-Shard-Answer value {answer}
-    default-server check inter 1s fastinter 250ms downinter 250ms fall 2 rise 1 observe layer4 error-limit 1 on-error mark-down
+    default-server check inter 1s fastinter 250ms downinter 250ms fall 3 rise 1 observe layer4 error-limit 1 on-error mark-down
 {ring}
 
 backend v2

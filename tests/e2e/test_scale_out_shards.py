@@ -383,6 +383,23 @@ def test_kill_9_of_a_shard_fails_no_request_and_it_comes_back(front):
     assert processes_with(front.cache) & group == set()  # nothing of the killed shard is left
 
 
+def test_a_shard_too_busy_to_answer_for_seconds_stays_up(front):
+    """A shard starved of CPU answers its health checks late; only a dead one may lose its models."""
+    pid = front.shard_pid(2)
+    assert pid is not None and "shard-2" in front.shards_up()
+    os.kill(pid, signal.SIGSTOP)  # answers nothing for 6 s: longer than two checks of the old 2 s timeout
+    seen = []
+    try:
+        end = time.monotonic() + 6
+        while time.monotonic() < end:
+            seen.append("shard-2" in front.shards_up())
+            time.sleep(0.25)  # the stall being measured, not a wait for an event
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert len(seen) > 10 and all(seen), seen
+    assert "Server sagemaker/shard-2 is DOWN" not in front.log()
+
+
 def test_sigterm_stops_the_whole_tree(front):
     assert len(processes_with(front.cache)) > SHARDS + 2  # supervisord, HAProxy, shards and their children
     front.process.send_signal(signal.SIGTERM)
