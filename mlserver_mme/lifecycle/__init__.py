@@ -51,6 +51,8 @@ class ModelLifecycle:
         self.cache = repository.cache
         self.settings = settings
         self.memory_limit = parse_size(settings.memory_limit, total_memory()) if settings.memory_limit else None
+        if self.memory_limit is not None:
+            metrics().memory_limit.set(self.memory_limit)
         self.pinned = {v2_name(target) for target in preload_targets(settings)}
         self.reserved_names = frozenset(reserved_names)  # the models of the start-up folder: MLServer's
         self.models = ModelTable()
@@ -162,6 +164,7 @@ class ModelLifecycle:
             if isinstance(error, Exception):
                 code = getattr(error, "sagemaker_code", type(error).__name__)
                 logger.info("event=load-failed model=%s error=%s", entry.target, code)
+                metrics().load_failures.labels(code=code).inc()
                 entry.loaded.set_exception(error)
                 return
             entry.loaded.cancel()

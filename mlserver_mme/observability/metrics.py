@@ -19,6 +19,8 @@ and metrics made before that would not be exported.
 | ``mme_downloaded_bytes_total`` | | bytes fetched from the store |
 | ``mme_disk_bytes`` | | unpacked artifacts in the cache folder |
 | ``mme_memory_bytes`` | | measured memory (PSS) of the server and its workers |
+| ``mme_memory_limit_bytes`` | | ``MLSERVER_MME_MEMORY_LIMIT`` in bytes (absent without one) |
+| ``mme_load_failures_total{code}`` | | loads that failed, by the error their requests were answered |
 | ``mme_model_memory_bytes`` | | measured memory growth of each load (a histogram) |
 """
 
@@ -43,6 +45,8 @@ class Metrics:
         self.downloaded_bytes = Counter("mme_downloaded_bytes", "Bytes downloaded from the model store")
         self.disk_bytes = Gauge("mme_disk_bytes", "Bytes of unpacked artifacts in the cache folder")
         self.memory_bytes = Gauge("mme_memory_bytes", "Measured memory of the server and its workers")
+        self.memory_limit = Gauge("mme_memory_limit_bytes", "MLSERVER_MME_MEMORY_LIMIT in bytes")
+        self.load_failures = Counter("mme_load_failures", "Loads that failed, by error code", ["code"])
         self.model_memory = Histogram("mme_model_memory_bytes", "Measured memory growth per load", buckets=_BYTES)
 
 

@@ -187,10 +187,16 @@ def test_a_model_that_cannot_fit_gets_a_clear_error(prefix, start_server):
 
 def test_metrics_count_hits_misses_loads_and_evictions(prefix, start_server):
     houston(prefix, "a", "b")
-    server = start_server(max_loaded_models=1)
+    prefix.put("broken.tar.gz", b"not an archive")
+    server = start_server(max_loaded_models=1, memory_limit="3GiB")
     for name in ("a", "a", "a", "b"):
         assert call(server, f"{name}.tar.gz").status_code == 200
+    assert call(server, "broken.tar.gz").status_code == 424
+    assert call(server, "missing.tar.gz").status_code == 400
     text = httpx.get(f"http://127.0.0.1:{server.env['MLSERVER_METRICS_PORT']}/metrics").text
+    assert metric(text, 'mme_load_failures_total{code="ModelError"}') == 1
+    assert metric(text, 'mme_load_failures_total{code="ValidationError"}') == 1
+    assert metric(text, "mme_memory_limit_bytes") == 3 * 2**30
     assert metric(text, "mme_model_cache_hits_total") == 2
     assert metric(text, "mme_model_cache_misses_total") == 2
     assert metric(text, "mme_loaded_models") == 1
