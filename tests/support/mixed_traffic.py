@@ -1,4 +1,4 @@
-"""Several kinds of clients on the same models at once, for the stress test and ``bench/soak.py``.
+"""Several kinds of clients on the same models at once, for the stress test and ``python -m bench soak``.
 
 Each client is a coroutine with its own HTTP connection, looping over one kind of call
 (SageMaker invocations, V2 load/unload, bad targets, ...) with a seeded choice of model.

@@ -1,13 +1,23 @@
-"""The Markdown table, the targets and the PNG plots of ``compare.py``'s results."""
+"""Reports: progress lines, the JSON of a run, and the Markdown table, targets and PNG plots of the comparison."""
 
+import json
 import math
 import os
 import statistics
+import sys
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def log(message: str) -> None:
+    """A progress line, on stderr (the figures go to stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def write_json(path: str, data) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as file:
+        json.dump(data, file, indent=1)
+        file.write("\n")
+
 
 MMS = "SageMaker MMS + Inference Toolkit"
 PLAIN = "plain MLServer (mlserver-xgboost)"
@@ -62,7 +72,8 @@ def targets(results):
     return out
 
 
-def write(results, latencies, folder):
+def write_comparison(results, latencies, folder):
+    """``results.md`` and ``comparison.png`` of the comparison's results in ``folder``."""
     lines = [f"# mlserver-mme benchmark, {results['meta']['date']}", "",
              f"Machine: {results['meta']['machine']}; Python {results['meta']['python']}, "
              f"xgboost {results['meta']['xgboost']}. One run, every system side by side; 1-row CSV, default Accept.", ""]
@@ -101,6 +112,11 @@ def write(results, latencies, folder):
 
 
 def _plots(results, latencies, folder):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     figure, axes = plt.subplots(2, 2, figsize=(13, 9))
     ax = axes[0][0]
     for system, values in latencies.items():

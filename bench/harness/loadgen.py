@@ -3,64 +3,26 @@
 Keep-alive connections (one aiohttp pool), warm-up excluded from the figures, latencies from
 ``perf_counter_ns`` (uvloop's clock has millisecond resolution), and the CPU used by the client, the
 server's process tree and the whole machine over the measured window, so a client-bound row shows.
+``run`` runs a coroutine on uvloop when it is installed.
 """
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, List, Optional
 
 import aiohttp
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from .proc import machine_busy, tree_cpu
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover
+    uvloop = None
 
 
-def _proc_cpu(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except OSError:
-        return 0.0
-
-
-def tree_pids(root: int) -> List[int]:
-    """``root`` and its descendants, whichever thread started them (the JVM forks from worker threads)."""
-    pids, frontier = [root], [root]
-    while frontier:
-        pid = frontier.pop()
-        children = []
-        try:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as file:
-                    children += [int(c) for c in file.read().split()]
-        except OSError:
-            pass
-        pids += children
-        frontier += children
-    return pids
-
-
-def tree_cpu(root: Optional[int]) -> float:
-    return sum(_proc_cpu(pid) for pid in tree_pids(root)) if root else 0.0
-
-
-def tree_pss_bytes(root: int) -> int:
-    total = 0
-    for pid in tree_pids(root):
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as file:
-                total += next(int(line.split()[1]) * 1024 for line in file if line.startswith("Pss:"))
-        except (OSError, StopIteration):
-            pass
-    return total
-
-
-def machine_busy() -> float:
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    return (sum(values) - values[3] - values[4]) / CLK_TCK  # all but idle and iowait
+def run(coroutine):
+    return asyncio.run(coroutine) if uvloop is None else uvloop.run(coroutine)
 
 
 @dataclass

@@ -4,23 +4,19 @@ Each round takes three models not loaded yet and calls one of them over each rou
 one after the other (the route that goes first rotates); the time of that first call
 (download, unpack, check, load, predict) is reported per route.
 
-    python bench/cold_v2.py --rounds 20
+    python -m bench cold_v2 --rounds 20     # --quick: 2 rounds
 """
 
-import argparse
-import os
 import statistics
-import sys
 import time
 
 import grpc
 import httpx
+from mlserver.grpc import dataplane_pb2 as pb
+from mlserver.grpc import dataplane_pb2_grpc
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import BODY, mme_server, percentile, s3_with_models  # noqa: E402
-from mlserver.grpc import dataplane_pb2 as pb  # noqa: E402
-from mlserver.grpc import dataplane_pb2_grpc  # noqa: E402
+from bench.harness.servers import BODY, mme_server, s3_with_models
+from bench.harness.stats import percentile
 
 ROW = [1995, 3000, 3, 2, 1.0, 2]
 
@@ -48,30 +44,31 @@ def grpc_call(server, http, grpc_stub, name):
 ROUTES = {"SageMaker /invocations": sagemaker, "V2 REST infer": rest, "V2 gRPC ModelInfer": grpc_call}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=20)
-    args = parser.parse_args()
-    names = [f"cold{i:03d}" for i in range(args.rounds * len(ROUTES) + 1)]
-    timings = {route: [] for route in ROUTES}
+def add_arguments(parser):
+    parser.add_argument("--rounds", type=int, help="models per route (default 20; --quick 2)")
+
+
+def run(args) -> dict:
+    rounds = args.rounds or (2 if args.quick else 20)
+    names = [f"cold{i:03d}" for i in range(rounds * len(ROUTES) + 1)]
+    timings: dict = {route: [] for route in ROUTES}
     with s3_with_models([f"{name}.tar.gz" for name in names]) as s3, mme_server(s3) as server:
         with httpx.Client(base_url=server.url, timeout=60) as http, \
                 grpc.insecure_channel(f"127.0.0.1:{server.env['MLSERVER_GRPC_PORT']}") as channel:
             stub = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
             sagemaker(server, http, stub, names.pop())  # warm up the fork server and the connections
             routes = list(ROUTES.items())
-            for round in range(args.rounds):
-                order = routes[round % len(routes):] + routes[: round % len(routes)]
+            for index in range(rounds):
+                order = routes[index % len(routes):] + routes[: index % len(routes)]
                 for route, call in order:
                     started = time.perf_counter()
                     call(server, http, stub, names.pop())
                     timings[route].append((time.perf_counter() - started) * 1e3)
-    print(f"cold first call, {args.rounds} models per route (ms)")
+    print(f"cold first call, {rounds} models per route (ms)")
     print("| route | median | p90 | mean |")
     print("|---|---|---|---|")
     for route, values in timings.items():
         print(f"| {route} | {statistics.median(values):.1f} | {percentile(values, 90):.1f} | {statistics.mean(values):.1f} |")
-
-
-if __name__ == "__main__":
-    main()
+    return {route: {"n": len(values), "median_ms": round(statistics.median(values), 2),
+                    "p90_ms": round(percentile(values, 90), 2), "mean_ms": round(statistics.mean(values), 2)}
+            for route, values in timings.items()}

@@ -1,111 +1,34 @@
-"""The servers the comparison runs, each started as its own process tree on loopback and stopped after.
+"""The systems the comparison runs beside ours, each started as its own process tree on loopback and stopped after.
 
-- ``ours``: ``mlserver start model-settings/`` of this repository, models in moto's S3 server;
 - ``plain_mlserver``: MLServer 1.7 with mlserver-xgboost serving one model statically, default settings
   (its own virtual environment, ``PLAIN_MLSERVER_VENV``, made by ``bench/setup_peers.sh``);
 - ``mms``: SageMaker's multi-model stack (Multi Model Server + SageMaker Inference Toolkit, driven as
-  SageMaker's XGBoost image drives it), through the reference harness whose folder ``MMS_HARNESS`` names
-  (its ``setup.sh``/``start.sh``/``stop.sh``; Java needed);
-- ``echo``: uvicorn + Starlette answering a constant (``bench/echo_server.py``).
+  SageMaker's XGBoost image drives it) through ``bench/peers/mms/`` (its ``setup.sh``/``start.sh``/``stop.sh``;
+  Java needed; ``MMS_HARNESS`` names another folder with the same scripts);
+- ``echo``: uvicorn + Starlette answering a constant (``bench/harness/echo_server.py``).
 """
 
 import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Optional
 
 import httpx
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from . import BENCH, HERE
+from .servers import System, free_port, process, wait_ready
+
 PLAIN_MLSERVER_VENV = os.environ.get("PLAIN_MLSERVER_VENV", "/tmp/bench-mlserver")
-MMS_HARNESS = os.environ.get("MMS_HARNESS", os.path.join(os.path.dirname(ROOT), "shared", "peers", "mms"))
+MMS_HARNESS = os.environ.get("MMS_HARNESS", os.path.join(BENCH, "peers", "mms"))
 MMS_ROOT = os.environ.get("PEER_ROOT", "/tmp/peer-mms")
 
 
 class Unavailable(RuntimeError):
     """A system cannot run on this machine; the message says what is missing."""
-
-
-@dataclass
-class System:
-    name: str
-    url: str
-    pid: int
-
-
-def free_port(low: bool = False) -> int:
-    """A free loopback port; ``low``: one below the ephemeral range (20000-29999)."""
-    candidates = range(20000, 30000) if low else [0]
-    for candidate in candidates:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise RuntimeError("no free port")
-
-
-def wait_ready(url: str, process: Optional[subprocess.Popen], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{url} exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready within {timeout} s")
-
-
-@contextlib.contextmanager
-def process(command, env=None, cwd=None, log=None):
-    log_file = open(log or os.devnull, "wb")
-    child = subprocess.Popen(command, env={**os.environ, **(env or {})}, cwd=cwd, stdout=log_file,
-                             stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield child
-    finally:
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        log_file.close()
-
-
-@contextlib.contextmanager
-def ours(s3_url: str, prefix: str, work: str, **settings):
-    port = free_port()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL_S3": s3_url, "MLSERVER_MME_MODEL_PREFIX": prefix,
-        "MLSERVER_MME_CACHE_DIR": os.path.join(work, f"cache-{port}"),
-        "MLSERVER_HOST": "127.0.0.1", "MLSERVER_HTTP_PORT": str(port),
-        "MLSERVER_GRPC_PORT": str(free_port()), "MLSERVER_METRICS_PORT": str(free_port()),
-        **{f"MLSERVER_MME_{key.upper()}": str(value) for key, value in settings.items()},
-    }
-    mlserver = os.path.join(os.path.dirname(sys.executable), "mlserver")
-    with process([mlserver, "start", os.path.join(ROOT, "model-settings")], env, ROOT,
-                 os.path.join(work, f"ours-{port}.log")) as child:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url + "/ping", child)
-        system = System("mlserver-mme", url, child.pid)
-        system.metrics_url = f"http://127.0.0.1:{env['MLSERVER_METRICS_PORT']}/metrics"
-        system.log = os.path.join(work, f"ours-{port}.log")
-        yield system
 
 
 @contextlib.contextmanager
@@ -132,7 +55,7 @@ def plain_mlserver(model_json: bytes, work: str):
 
 @contextlib.contextmanager
 def mms(work: str):
-    """SageMaker's stack through the reference harness (needs Java and its setup.sh run once)."""
+    """SageMaker's stack through ``bench/peers/mms`` (needs Java; its setup.sh is run once if needed)."""
     if shutil.which("java") is None:
         raise Unavailable("no java on this machine: SageMaker's Multi Model Server needs a JRE")
     start = os.path.join(MMS_HARNESS, "start.sh")

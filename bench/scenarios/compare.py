@@ -1,10 +1,10 @@
 """This server side by side with SageMaker's multi-model stack, plain MLServer and the floors.
 
-    bash bench/setup_peers.sh      # once: plain MLServer's venv, SageMaker's MMS stack (needs Java)
-    python bench/compare.py        # about 15 minutes; --quick for a 3-minute smoke run
+    bash bench/setup_peers.sh         # once: plain MLServer's venv, SageMaker's MMS stack (needs Java)
+    python -m bench compare           # about 15 minutes; --quick for a 3-minute smoke run; --skip mms,plain
 
 Every system runs on this machine in the same run, with the same model (a bundled home-value regressor)
-and the same closed-loop client (``loadgen.py``: keep-alive, warm-up excluded, client/server/machine CPU).
+and the same closed-loop client (``harness/loadgen.py``: keep-alive, warm-up excluded, client/server/machine CPU).
 Writes ``results.md``, ``results.json`` and PNG plots to ``bench/results/`` (``--results``).
 
 Scenarios: warm one model (1-row CSV, default Accept) at concurrency 1, 8, 32; warm with 100 loaded models
@@ -13,7 +13,6 @@ floor (the same S3 GET, unpack, Booster load and predict in one process); churn 
 for 100 under Zipf(1.1); memory (PSS) per loaded model at 10, 100 and 1,000 models.
 """
 
-import argparse
 import asyncio
 import collections
 import contextlib
@@ -29,29 +28,19 @@ import tarfile
 import tempfile
 import time
 
-import boto3
 import httpx
-import loadgen
 import numpy as np
-import systems
 import xgboost as xgb
-from common import BODY, MODEL, lru_hit_ratio, s3_with_models
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover
-    uvloop = None
+from bench.harness import RESULTS, loadgen, peers, proc, report, servers
+from bench.harness.floors import ROW, booster_of, floor_cold
+from bench.harness.loadgen import run as drive
+from bench.harness.servers import BODY, BUCKET, CSV_HEADERS, MODEL, metric, s3_with_models
+from bench.harness.stats import lru_hit_ratio, zipf_sampler
 
-CSV_HEADERS = {"Content-Type": "text/csv"}
-ROW = [1995, 3000, 3, 2.0, 1.0, 2]
 V2_BODY = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 6], "datatype": "FP32", "data": ROW}]}).encode()
 V2_HEADERS = {"Content-Type": "application/json"}
-BUCKET, PREFIX = "models", "mme/"
-
-
-def run(coroutine):
-    return asyncio.run(coroutine) if uvloop is None else uvloop.run(coroutine)
-
+PREFIX = servers.PREFIX
 
 def sagemaker_request(url, target):
     return loadgen.post(url + "/invocations", BODY, {**CSV_HEADERS, "X-Amzn-SageMaker-Target-Model": target})
@@ -76,7 +65,7 @@ def row(system, scenario, result, **extra):
 
 def warm(name, pid, make_request, concs, args, results, latencies=None):
     for conc in concs:
-        result = run(loadgen.closed_loop(make_request, conc, args.duration, args.warmup, pid))
+        result = drive(loadgen.closed_loop(make_request, conc, args.duration, args.warmup, pid))
         results["warm"].append(row(name, "warm, one model", result))
         if latencies is not None and conc == 8:
             latencies[name] = result.latencies_ms
@@ -86,15 +75,8 @@ def warm(name, pid, make_request, concs, args, results, latencies=None):
 # -- floors ------------------------------------------------------------------------------------------------
 
 
-def _booster(raw: bytes) -> "xgb.Booster":
-    """A model file's booster, as directly as the runtime's XGBoost allows (a legacy file is converted)."""
-    from mlserver_mme.runtimes.model_file import read
-
-    return read(raw, allow_pickle=False).booster()
-
-
 def floor_inprocess(results):
-    booster = _booster(tarfile.open(fileobj=io.BytesIO(MODEL)).extractfile("xgboost-model").read())
+    booster = booster_of(tarfile.open(fileobj=io.BytesIO(MODEL)).extractfile("xgboost-model").read())
     booster.set_param({"nthread": 1})
     from mlserver_mme.payloads.codecs import decode, encode
 
@@ -116,33 +98,7 @@ def floor_inprocess(results):
     print(f"  in-process floor: {results['floor']}")
 
 
-def floor_cold(s3_url, targets):
-    """The same S3 GET + unpack + Booster load + predict, done directly in one process (ms each)."""
-    client = boto3.client("s3", endpoint_url=s3_url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                          region_name="us-east-1")
-    times = []
-    for target in targets:
-        started = time.perf_counter()
-        data = client.get_object(Bucket=BUCKET, Key=PREFIX + target)["Body"].read()
-        with tempfile.TemporaryDirectory() as folder:
-            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-                tar.extractall(folder, filter="data")
-            with open(os.path.join(folder, "xgboost-model"), "rb") as file:
-                booster = _booster(file.read())
-        booster.inplace_predict(np.array([ROW], dtype=np.float32))
-        times.append((time.perf_counter() - started) * 1e3)
-    return times
-
-
 # -- our server --------------------------------------------------------------------------------------------
-
-
-def metric(system, name):
-    text = httpx.get(system.metrics_url).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
 
 
 def cold_breakdown(system, targets):
@@ -153,7 +109,8 @@ def cold_breakdown(system, targets):
             reply = http.post("/invocations", content=BODY, headers={**CSV_HEADERS, "X-Amzn-SageMaker-Target-Model": target})
             assert reply.status_code == 200, reply.text
             rows.append({"target": target, "total_ms": (time.perf_counter() - started) * 1e3})
-    log = open(system.log).read()
+    with open(system.log) as file:
+        log = file.read()
     for entry in rows:
         download = re.search(rf"event=download model={re.escape(entry['target'])} .*download_ms=([\d.]+) unpack_ms=([\d.]+)", log)
         load = re.search(rf"event=load model={re.escape(entry['target'])} .*load_ms=([\d.]+)", log)
@@ -163,17 +120,10 @@ def cold_breakdown(system, targets):
     return rows
 
 
-def zipf_sampler(n_models, s=1.1, seed=11):
-    rng = random.Random(seed)
-    weights = [1 / (rank**s) for rank in range(1, n_models + 1)]
-    cumulative = list(np.cumsum(weights))
-    return lambda: rng.choices(range(n_models), cum_weights=cumulative, k=1)[0]
-
-
 def churn_ours(system, n_models, slots, args):
     draw = zipf_sampler(n_models)
     trace, windows = [], []
-    last = [metric(system, "mme_model_cache_hits_total"), metric(system, "mme_model_cache_misses_total")]
+    last = [metric(system.metrics_url, "mme_model_cache_hits_total"), metric(system.metrics_url, "mme_model_cache_misses_total")]
 
     async def request(session):
         key = draw()
@@ -184,15 +134,15 @@ def churn_ours(system, n_models, slots, args):
             return reply.status == 200
 
     def tick():
-        hits, misses = metric(system, "mme_model_cache_hits_total"), metric(system, "mme_model_cache_misses_total")
+        hits, misses = metric(system.metrics_url, "mme_model_cache_hits_total"), metric(system.metrics_url, "mme_model_cache_misses_total")
         done = (hits - last[0]) + (misses - last[1])
         windows.append((hits - last[0]) / done if done else float("nan"))
         last[:] = [hits, misses]
 
-    hits0, misses0 = metric(system, "mme_model_cache_hits_total"), metric(system, "mme_model_cache_misses_total")
-    result = run(loadgen.closed_loop(request, 8, args.churn_duration, 0.0, system.pid, on_tick=tick))
-    hits = metric(system, "mme_model_cache_hits_total") - hits0
-    misses = metric(system, "mme_model_cache_misses_total") - misses0
+    hits0, misses0 = metric(system.metrics_url, "mme_model_cache_hits_total"), metric(system.metrics_url, "mme_model_cache_misses_total")
+    result = drive(loadgen.closed_loop(request, 8, args.churn_duration, 0.0, system.pid, on_tick=tick))
+    hits = metric(system.metrics_url, "mme_model_cache_hits_total") - hits0
+    misses = metric(system.metrics_url, "mme_model_cache_misses_total") - misses0
     return result, hits / (hits + misses), lru_hit_ratio(trace, slots), windows
 
 
@@ -204,19 +154,19 @@ def exact_trace_ours(system, n_models, slots, n_requests):
     """
     draw = zipf_sampler(n_models, seed=29)
     trace = [draw() for _ in range(n_requests)]
-    hits0, misses0 = metric(system, "mme_model_cache_hits_total"), metric(system, "mme_model_cache_misses_total")
+    hits0, misses0 = metric(system.metrics_url, "mme_model_cache_hits_total"), metric(system.metrics_url, "mme_model_cache_misses_total")
     with httpx.Client(base_url=system.url, timeout=120) as http:
         for key in trace:
             http.post("/invocations", content=BODY,
                       headers={**CSV_HEADERS, "X-Amzn-SageMaker-Target-Model": f"zipf/m{key:04d}.tar.gz"})
-    hits = metric(system, "mme_model_cache_hits_total") - hits0
-    misses = metric(system, "mme_model_cache_misses_total") - misses0
+    hits = metric(system.metrics_url, "mme_model_cache_hits_total") - hits0
+    misses = metric(system.metrics_url, "mme_model_cache_misses_total") - misses0
     return round(hits / (hits + misses), 4), round(lru_hit_ratio(trace, slots), 4)
 
 
 def density_ours(system, levels):
     measured = {}
-    baseline = loadgen.tree_pss_bytes(system.pid)
+    baseline = proc.tree_pss_bytes(system.pid)
     loaded = 0
     with httpx.Client(base_url=system.url, timeout=120) as http:
         for level in levels:
@@ -225,7 +175,7 @@ def density_ours(system, levels):
                                   headers={**CSV_HEADERS, "X-Amzn-SageMaker-Target-Model": f"zipf/m{loaded:04d}.tar.gz"})
                 assert reply.status_code == 200
                 loaded += 1
-            measured[level] = round((loadgen.tree_pss_bytes(system.pid) - baseline) / level / 2**20, 3)
+            measured[level] = round((proc.tree_pss_bytes(system.pid) - baseline) / level / 2**20, 3)
     return measured
 
 
@@ -258,7 +208,7 @@ class MMSAgent:
                         del self.registered[victim]
                         async with session.delete(f"{self.url}/models/{victim}") as reply:
                             await reply.read()
-                    async with session.post(f"{self.url}/models", params={"url": systems.mms_model_dir(index), "model_name": name}) as reply:
+                    async with session.post(f"{self.url}/models", params={"url": peers.mms_model_dir(index), "model_name": name}) as reply:
                         await reply.read()
                     self.registered[name] = True
         self.registered.move_to_end(name)
@@ -272,7 +222,7 @@ def mms_register(url, indices):
         for index in indices:
             name = f"model_{index:03d}"
             started = time.perf_counter()
-            reply = http.post(f"{url}/models", params={"url": systems.mms_model_dir(index), "model_name": name})
+            reply = http.post(f"{url}/models", params={"url": peers.mms_model_dir(index), "model_name": name})
             assert reply.status_code == 200, reply.text
             registered = time.perf_counter()
             answer = http.post(f"{url}/models/{name}/invoke", content=BODY, headers=CSV_HEADERS)
@@ -284,16 +234,16 @@ def mms_register(url, indices):
 def run_mms(args, results, latencies):
     with contextlib.ExitStack() as stack:
         work = stack.enter_context(tempfile.TemporaryDirectory())
-        system = stack.enter_context(systems.mms(work))
+        system = stack.enter_context(peers.mms(work))
         name = system.name
-        base_pss = loadgen.tree_pss_bytes(system.pid)
+        base_pss = proc.tree_pss_bytes(system.pid)
         cold = mms_register(system.url, range(0, args.cold_models))
         results["cold"]["mms_register_to_answer_ms"] = [round(t[1], 1) for t in cold]
-        results["density"][name] = {args.cold_models: round((loadgen.tree_pss_bytes(system.pid) - base_pss) / args.cold_models / 2**20, 1)}
+        results["density"][name] = {args.cold_models: round((proc.tree_pss_bytes(system.pid) - base_pss) / args.cold_models / 2**20, 1)}
         url = f"{system.url}/models/model_000/invoke"
         warm(name, system.pid, loadgen.post(url, BODY, CSV_HEADERS), args.concs, args, results, latencies)
         mms_register(system.url, range(args.cold_models, 100))
-        results["density"][name][100] = round((loadgen.tree_pss_bytes(system.pid) - base_pss) / 100 / 2**20, 1)
+        results["density"][name][100] = round((proc.tree_pss_bytes(system.pid) - base_pss) / 100 / 2**20, 1)
 
         async def random_model(session):
             target = f"{system.url}/models/model_{random.randrange(100):03d}/invoke"
@@ -301,11 +251,11 @@ def run_mms(args, results, latencies):
                 await reply.read()
                 return reply.status == 200
 
-        result = run(loadgen.closed_loop(random_model, 8, args.duration, args.warmup, system.pid))
+        result = drive(loadgen.closed_loop(random_model, 8, args.duration, args.warmup, system.pid))
         results["warm_n"].append(row(name, "warm, 100 models, random target", result))
     with contextlib.ExitStack() as stack:  # churn on a fresh MMS
         work = stack.enter_context(tempfile.TemporaryDirectory())
-        system = stack.enter_context(systems.mms(work))
+        system = stack.enter_context(peers.mms(work))
         agent = MMSAgent(system.url, args.slots)
         draw = zipf_sampler(args.churn_models)
         windows, last = [], [0, 0]
@@ -324,7 +274,7 @@ def run_mms(args, results, latencies):
             windows.append((agent.hits - last[0]) / done if done else float("nan"))
             last[:] = [agent.hits, agent.misses]
 
-        result = run(loadgen.closed_loop(request, 8, args.churn_duration, 0.0, system.pid, on_tick=tick))
+        result = drive(loadgen.closed_loop(request, 8, args.churn_duration, 0.0, system.pid, on_tick=tick))
         results["churn"].append(row(system.name, f"churn, {args.churn_models} models, room for {args.slots}", result,
                                     hit_ratio=round(agent.hits / max(1, agent.hits + agent.misses), 4)))
         results["churn_windows"][system.name] = windows
@@ -333,19 +283,33 @@ def run_mms(args, results, latencies):
 # -- the run -----------------------------------------------------------------------------------------------
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--results", default=os.path.join(systems.HERE, "results"))
+def add_arguments(parser):
+    parser.add_argument("--results", default=RESULTS, help="where results.md, results.json and the plots go")
     parser.add_argument("--skip", default="", help="comma-separated: mms, plain")
-    args = parser.parse_args()
-    args.duration, args.warmup = (3, 1) if args.quick else (12, 2)
-    args.concs = [1, 8, 32]
-    args.cold_models = 10 if args.quick else 20
-    args.churn_models, args.slots = (300, 30) if args.quick else (1000, 100)
-    args.churn_duration = 10 if args.quick else 30
-    args.exact_requests = 1000 if args.quick else 5000
-    density_levels = [10, 100] if args.quick else [10, 100, 1000]
+    sizes = parser.add_argument_group("sizes (defaults: the full run's, or --quick's)")
+    sizes.add_argument("--duration", type=float, help="measured seconds per warm row (12; --quick 3)")
+    sizes.add_argument("--warmup", type=float, help="warm-up seconds per warm row (2; --quick 1)")
+    sizes.add_argument("--concs", type=lambda text: [int(v) for v in text.split(",")], default=[1, 8, 32])
+    sizes.add_argument("--cold-models", type=int, help="(20; --quick 10)")
+    sizes.add_argument("--churn-models", type=int, help="(1000; --quick 300)")
+    sizes.add_argument("--slots", type=int, help="room for models in the churn (100; --quick 30)")
+    sizes.add_argument("--churn-duration", type=float, help="(30; --quick 10)")
+    sizes.add_argument("--exact-requests", type=int, help="(5000; --quick 1000)")
+    sizes.add_argument("--warm-models", type=int, default=100, help="loaded models of the random-target row (100)")
+    sizes.add_argument("--density", type=lambda text: [int(v) for v in text.split(",")],
+                       help="loaded models at which memory is read (10,100,1000; --quick 10,100)")
+
+
+def run(args) -> dict:
+    def size(value, quick, full):
+        return value if value is not None else (quick if args.quick else full)
+
+    args.duration, args.warmup = size(args.duration, 3, 12), size(args.warmup, 1, 2)
+    args.cold_models = size(args.cold_models, 10, 20)
+    args.churn_models, args.slots = size(args.churn_models, 300, 1000), size(args.slots, 30, 100)
+    args.churn_duration = size(args.churn_duration, 10, 30)
+    args.exact_requests = size(args.exact_requests, 1000, 5000)
+    density_levels = size(args.density, [10, 100], [10, 100, 1000])
     skip = set(filter(None, args.skip.split(",")))
     os.makedirs(args.results, exist_ok=True)
     results = {"meta": {"date": datetime.date.today().isoformat(), "machine": f"{os.cpu_count()} cores, "
@@ -356,14 +320,14 @@ def main():
     print("floors")
     floor_inprocess(results)
     cold_targets = [f"cold/m{i:02d}.tar.gz" for i in range(args.cold_models)]
-    warm_targets = [f"warmn/m{i:03d}.tar.gz" for i in range(100)]
+    warm_targets = [f"warmn/m{i:03d}.tar.gz" for i in range(args.warm_models)]
     targets = ["warm/house.tar.gz", *cold_targets, *warm_targets] + [f"zipf/m{i:04d}.tar.gz" for i in range(max(args.churn_models, density_levels[-1]))]
     with s3_with_models(targets) as s3, tempfile.TemporaryDirectory() as work:
         prefix = f"s3://{BUCKET}/{PREFIX}"
-        with systems.echo(work) as system:
+        with peers.echo(work) as system:
             warm(system.name, system.pid, loadgen.post(system.url + "/invocations", BODY, CSV_HEADERS), args.concs, args, results, latencies)
         print("mlserver-mme")
-        with systems.ours(s3.url, prefix, work) as system:
+        with servers.ours(s3.url, prefix, work) as system:
             results["cold"]["ours"] = cold_breakdown(system, cold_targets)
             results["cold"]["floor_ms"] = [round(t, 1) for t in floor_cold(s3.url, cold_targets)]
             warm(system.name + " /invocations", system.pid, sagemaker_request(system.url, "warm/house.tar.gz"), args.concs, args, results, latencies)
@@ -371,25 +335,25 @@ def main():
             with httpx.Client(base_url=system.url, timeout=120) as http:
                 for target in warm_targets:
                     http.post("/invocations", content=BODY, headers={**CSV_HEADERS, "X-Amzn-SageMaker-Target-Model": target})
-            result = run(loadgen.closed_loop(random_target(system.url, warm_targets), 8, args.duration, args.warmup, system.pid))
-            results["warm_n"].append(row(system.name, "warm, 100 models, random target", result))
-        with systems.ours(s3.url, prefix, work) as system:
+            result = drive(loadgen.closed_loop(random_target(system.url, warm_targets), 8, args.duration, args.warmup, system.pid))
+            results["warm_n"].append(row(system.name, f"warm, {args.warm_models} models, random target", result))
+        with servers.ours(s3.url, prefix, work) as system:
             results["density"][system.name] = density_ours(system, density_levels)
-        with systems.ours(s3.url, prefix, work, max_loaded_models=args.slots) as system:
+        with servers.ours(s3.url, prefix, work, max_loaded_models=args.slots) as system:
             result, measured, expected, windows = churn_ours(system, args.churn_models, args.slots, args)
             results["churn"].append(row(system.name, f"churn, {args.churn_models} models, room for {args.slots}", result,
                                         hit_ratio=round(measured, 4), lru_simulation=round(expected, 4)))
             results["churn_windows"][system.name] = windows
-        with systems.ours(s3.url, prefix, work, max_loaded_models=args.slots) as system:
+        with servers.ours(s3.url, prefix, work, max_loaded_models=args.slots) as system:
             measured, expected = exact_trace_ours(system, args.churn_models, args.slots, args.exact_requests)
             results["exact_trace"] = {"requests": args.exact_requests, "hit_ratio": measured, "lru_simulation": expected}
         if "plain" not in skip:
             print("plain MLServer")
-            booster = _booster(tarfile.open(fileobj=io.BytesIO(MODEL)).extractfile("xgboost-model").read())
+            booster = booster_of(tarfile.open(fileobj=io.BytesIO(MODEL)).extractfile("xgboost-model").read())
             try:
-                with systems.plain_mlserver(bytes(booster.save_raw("json")), work) as system:
+                with peers.plain_mlserver(bytes(booster.save_raw("json")), work) as system:
                     warm(system.name, system.pid, loadgen.post(system.url + "/v2/models/house/infer", V2_BODY, V2_HEADERS), args.concs, args, results, latencies)
-            except systems.Unavailable as why:
+            except peers.Unavailable as why:
                 results["skipped"]["plain MLServer"] = str(why)
         if "mms" not in skip:
             print("SageMaker MMS")
@@ -400,11 +364,8 @@ def main():
                 print(f"  skipped: {why}")
     with open(os.path.join(args.results, "results.json"), "w") as file:
         json.dump(results, file, indent=1)
-    import report
+    report.write_comparison(results, latencies, args.results)
+    with open(os.path.join(args.results, "results.md")) as file:
+        print(file.read())
+    return results
 
-    report.write(results, latencies, args.results)
-    print(open(os.path.join(args.results, "results.md")).read())
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,9 @@
 """Scale-out on one machine: `mlserver-mme serve` with shards behind HAProxy.
 
-    python bench/cluster.py [--quick] [--plot docs/scale-out.png] [--json FILE] [--from-json FILE]
+    python -m bench cluster [--quick] [--plot docs/scale-out.png] [--json FILE] [--from-json FILE]
 
-About 8 minutes (``--quick``: about 3); ``--from-json`` reports (and plots) a previous run's figures.
+About 8 minutes (``--quick``: about 3; ``--sizes``, ``--warm-models`` and ``--placements`` shrink it further); ``--from-json``
+reports (and plots) a previous run's figures.
 
 1. The front's cost: server CPU per warm request through HAProxy against the same requests sent
    straight to the shard that holds their model, on one 2-shard server, in alternating windows.
@@ -16,12 +17,10 @@ About 8 minutes (``--quick``: about 3); ``--from-json`` reports (and plots) a pr
 4. Throughput of 1, 2 and ``auto`` shards (warm, 100 models, random target), with server CPU per request,
    in alternating windows, and the projection to 16 cores.
 
-Every server runs on this machine beside the client (``loadgen.py``), so throughput is bounded by the
+Every server runs on this machine beside the client (``harness/loadgen.py``), so throughput is bounded by the
 machine's cores: CPU per request is the figure that carries over. Progress goes to stderr.
 """
 
-import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -36,47 +35,25 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import loadgen
-from cache import zipf_trace
-from common import BODY, ROOT, lru_hit_ratio, s3_env, s3_with_models
 from support.mlserver_process import free_port, free_port_block, terminate
 
+from bench.harness import ROOT, loadgen, proc
+from bench.harness.report import log, write_json
+from bench.harness.servers import BODY, CSV_HEADERS, metrics_sum, s3_env, s3_with_models
+from bench.harness.stats import lru_hit_ratio, zipf_trace
 from mlserver_mme.scale_out.shards import shard_count
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover
-    uvloop = None
-
 SERVE = os.path.join(os.path.dirname(sys.executable), "mlserver-mme")
-CSV_HEADERS = {"Content-Type": "text/csv"}
 # The 16-core x86 figures this is projected against (same client, one-row CSV, concurrency 128).
 ONE_PROCESS_16_CORES = 3889
 EIGHT_PROCESSES_16_CORES = 17231
 ECHO_16_CORES = 19269
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def run(coroutine):
-    return asyncio.run(coroutine) if uvloop is None else uvloop.run(coroutine)
-
-
 def folder(parent: str, name: str) -> str:
     path = os.path.join(parent, name)
     os.makedirs(path)
     return path
-
-
-def metrics_sum(urls, name: str) -> float:
-    total = 0.0
-    for url in urls:
-        for line in httpx.get(url, timeout=10).text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 class Served:
@@ -225,26 +202,34 @@ def replay(served: Served, url: str, trace, capacity_per_place: int, conc: int =
             "requests_per_place": dict(Counter(places)), "models_per_place": models_per_place}
 
 
-def hit_ratios(s3, work, n_models, n_requests):
+PLACEMENTS = ("hash", "hash-8", "hash-8-unbounded", "one", "round-robin")
+
+
+def hit_ratios(s3, work, n_models, n_requests, placements=PLACEMENTS):
     trace = zipf_trace(n_models, n_requests)
     rows = {}
-    with Served(s3, "3", work, max_loaded_models=300) as served:
-        log(f"hit ratio: 3 shards behind the front ({n_requests} requests)")
-        rows["3 shards, room for 100 each, consistent hash"] = replay(served, served.url, trace, 100)
-    with Served(s3, "3", folder(work, "concurrent"), max_loaded_models=300) as served:
-        log("hit ratio: 3 shards behind the front, 8 clients")
-        rows["3 shards, room for 100 each, consistent hash, 8 clients"] = replay(served, served.url, trace, 100, conc=8)
-    with Served(s3, "3", folder(work, "unbounded"), max_loaded_models=300, hash_balance_factor=0) as served:
-        log("hit ratio: 3 shards behind the front, 8 clients, bounded load off")
-        rows["3 shards, room for 100 each, consistent hash, 8 clients, bounded load off"] = replay(
-            served, served.url, trace, 100, conc=8)
-    with Served(s3, "1", work, max_loaded_models=300) as served:
-        log("hit ratio: one server")
-        rows["one server, room for 300"] = replay(served, served.url, trace, 300)
-    rr_work = folder(work, "round-robin")
-    with Served(s3, "3", rr_work, max_loaded_models=300) as served, round_robin_front(served, rr_work) as url:
-        log("hit ratio: 3 shards behind round robin")
-        rows["3 shards, room for 100 each, round robin"] = replay(served, url, trace, 100)
+    if "hash" in placements:
+        with Served(s3, "3", work, max_loaded_models=300) as served:
+            log(f"hit ratio: 3 shards behind the front ({n_requests} requests)")
+            rows["3 shards, room for 100 each, consistent hash"] = replay(served, served.url, trace, 100)
+    if "hash-8" in placements:
+        with Served(s3, "3", folder(work, "concurrent"), max_loaded_models=300) as served:
+            log("hit ratio: 3 shards behind the front, 8 clients")
+            rows["3 shards, room for 100 each, consistent hash, 8 clients"] = replay(served, served.url, trace, 100, conc=8)
+    if "hash-8-unbounded" in placements:
+        with Served(s3, "3", folder(work, "unbounded"), max_loaded_models=300, hash_balance_factor=0) as served:
+            log("hit ratio: 3 shards behind the front, 8 clients, bounded load off")
+            rows["3 shards, room for 100 each, consistent hash, 8 clients, bounded load off"] = replay(
+                served, served.url, trace, 100, conc=8)
+    if "one" in placements:
+        with Served(s3, "1", work, max_loaded_models=300) as served:
+            log("hit ratio: one server")
+            rows["one server, room for 300"] = replay(served, served.url, trace, 300)
+    if "round-robin" in placements:
+        rr_work = folder(work, "round-robin")
+        with Served(s3, "3", rr_work, max_loaded_models=300) as served, round_robin_front(served, rr_work) as url:
+            log("hit ratio: 3 shards behind round robin")
+            rows["3 shards, room for 100 each, round robin"] = replay(served, url, trace, 100)
     return rows
 
 
@@ -253,7 +238,7 @@ def hit_ratios(s3, work, n_models, n_requests):
 def hot_model(s3, work, duration):
     rows = []
     with Served(s3, "3", work) as served:
-        with httpx.Client() as client:
+        with httpx.Client(timeout=120) as client:  # a cold load can take over httpx's default 5 s on a busy box
             home = invoke(client, served.url, "hot.tar.gz")
         for conc in (1, 16):
             shards = Counter()
@@ -265,7 +250,7 @@ def hot_model(s3, work, duration):
                     shards[reply.headers.get("X-MME-Shard")] += 1
                     return reply.status == 200
 
-            result = run(loadgen.closed_loop(request, conc, duration, 0.5, served.pid))
+            result = loadgen.run(loadgen.closed_loop(request, conc, duration, 0.5, served.pid))
             log(f"hot model, concurrency {conc}: {dict(shards)}")
             rows.append({"conc": conc, "home": home, "rps": round(result.rps), "errors": result.errors,
                          "server_cores": result.server_cores, "by_shard": dict(sorted(shards.items()))})
@@ -304,12 +289,12 @@ def throughput(s3, work, targets, rounds, duration, warmup, conc):
         # Under load, bounded load sends some requests to a model's second shard, which loads it: let those
         # loads happen before measuring.
         for served, url_of in systems.values():
-            run(loadgen.closed_loop(warm_request(url_of, targets), conc, warmup, 0.0, served.pid))
-        pss = {name: loadgen.tree_pss_bytes(served.pid) for name, (served, _) in systems.items()}
+            loadgen.run(loadgen.closed_loop(warm_request(url_of, targets), conc, warmup, 0.0, served.pid))
+        pss = {name: proc.tree_pss_bytes(served.pid) for name, (served, _) in systems.items()}
         samples = {name: [] for name in systems}
         for r in range(rounds):
             for name, (served, url_of) in systems.items():
-                result = run(loadgen.closed_loop(warm_request(url_of, targets), conc, duration, 1.0, served.pid))
+                result = loadgen.run(loadgen.closed_loop(warm_request(url_of, targets), conc, duration, 1.0, served.pid))
                 log(f"round {r + 1}: {name}: {result.rps:.0f} req/s, server {result.server_cores} cores")
                 samples[name].append(result)
     rows = []
@@ -353,11 +338,14 @@ def report(results) -> str:
         per = " / ".join(str(v) for _, v in sorted(row["requests_per_place"].items()))
         models = " / ".join(str(v) for _, v in sorted(row["models_per_place"].items()))
         out.append(f"| {name} | {row['measured']:.4f} | {row['simulated']:.4f} | {per} | {models} |")
-    hashed = hits["3 shards, room for 100 each, consistent hash"]["measured"]
-    single = hits["one server, room for 300"]["measured"]
-    rr = hits["3 shards, room for 100 each, round robin"]["measured"]
-    out.append(f"\nConsistent hash minus one server: {(hashed - single) * 100:+.2f} pt (target: within 2); "
-               f"consistent hash minus round robin: {(hashed - rr) * 100:+.2f} pt (target: at least +15).\n")
+    compared = ("3 shards, room for 100 each, consistent hash", "one server, room for 300",
+                "3 shards, room for 100 each, round robin")
+    if all(key in hits for key in compared):  # every placement ran (see --placements)
+        hashed, single, rr = (hits[key]["measured"] for key in compared)
+        out.append(f"\nConsistent hash minus one server: {(hashed - single) * 100:+.2f} pt (target: within 2); "
+                   f"consistent hash minus round robin: {(hashed - rr) * 100:+.2f} pt (target: at least +15).\n")
+    else:
+        out.append("")
 
     out.append("#### 3. A hot model (3 shards)\n")
     out.append("| concurrency | req/s | server cores | answered by | errors |\n|---:|---:|---:|---|---:|")
@@ -396,6 +384,7 @@ def plot(results, path: str) -> None:
             ("hash\n8 clients", "3 shards, room for 100 each, consistent hash, 8 clients", "tab:cyan"),
             ("hash\n8 clients\nno bound", "3 shards, room for 100 each, consistent hash, 8 clients, bounded load off",
              "tab:purple")]
+    bars = [bar for bar in bars if bar[1] in hits]  # placements left out with --placements
     values = [hits[key]["measured"] for _, key, _ in bars]
     axes[0].bar([label for label, _, _ in bars], values, color=[color for _, _, color in bars])
     axes[0].set_ylim(0, 1)
@@ -427,39 +416,45 @@ def plot(results, path: str) -> None:
     log(f"plot: {path}")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
+# (Zipf models, Zipf requests, throughput rounds, window s, warm-up s, hot-model s)
+FULL, QUICK = (1000, 6000, 2, 4.0, 4.0, 4.0), (300, 1500, 1, 2.0, 2.0, 2.0)
+
+
+def add_arguments(parser):
     parser.add_argument("--plot", help="write the plots to this PNG")
-    parser.add_argument("--json", help="write the figures to this JSON file")
+    parser.add_argument("--json", help="write the figures to this JSON file too")
     parser.add_argument("--from-json", help="measure nothing: report (and plot) the figures of this JSON file")
-    args = parser.parse_args()
+    parser.add_argument("--sizes", type=lambda text: tuple(float(v) for v in text.split(",")),
+                        help="Zipf models,Zipf requests,rounds,window s,warm-up s,hot-model s "
+                             f"(default {','.join(map(str, FULL))}; --quick {','.join(map(str, QUICK))})")
+    parser.add_argument("--warm-models", type=int, default=100, help="models of the throughput runs")
+    parser.add_argument("--placements", type=lambda text: text.split(","), default=list(PLACEMENTS),
+                        help=f"hit-ratio placements to run (default all: {','.join(PLACEMENTS)})")
+
+
+def run(args) -> dict:
     if args.from_json:
         with open(args.from_json) as file:
             results = json.load(file)
         print(report(results))
         if args.plot:
             plot(results, args.plot)
-        return
-    n_models, n_requests, rounds, duration, warmup, hot_seconds = (
-        (300, 1500, 1, 2.0, 2.0, 2.0) if args.quick else (1000, 6000, 2, 4.0, 4.0, 4.0))
+        return results
+    n_models, n_requests, rounds, duration, warmup, hot_seconds = args.sizes or (QUICK if args.quick else FULL)
+    n_models, n_requests, rounds = int(n_models), int(n_requests), int(rounds)
     conc = 16
-    warm_targets = [f"warm/m{i:03d}.tar.gz" for i in range(100)]
+    warm_targets = [f"warm/m{i:03d}.tar.gz" for i in range(args.warm_models)]
     targets = warm_targets + ["hot.tar.gz"] + [f"zipf/m{i:04d}.tar.gz" for i in range(n_models)]
     results = {"conc": conc, "date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="mme-cluster-") as work, s3_with_models(targets) as s3:
         started = time.monotonic()
         results["throughput"] = throughput(s3, folder(work, "warm"), warm_targets, rounds, duration, warmup, conc)
         results["hot"] = hot_model(s3, folder(work, "hot"), hot_seconds)
-        results["hit_ratio"] = hit_ratios(s3, folder(work, "hits"), n_models, n_requests)
+        results["hit_ratio"] = hit_ratios(s3, folder(work, "hits"), n_models, n_requests, args.placements)
         log(f"done in {time.monotonic() - started:.0f} s")
     print(report(results))
     if args.json:
-        with open(args.json, "w") as file:
-            json.dump(results, file, indent=1)
+        write_json(args.json, results)
     if args.plot:
         plot(results, args.plot)
-
-
-if __name__ == "__main__":
-    main()
+    return results

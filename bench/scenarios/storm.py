@@ -5,18 +5,15 @@ two other models over ``/invocations``, with room for 3 loaded models, until the
 clients have sent ``--requests`` requests. Then each model is invoked once more: a race
 that was remembered as a failure shows there.
 
-    python bench/storm.py --requests 1000
+    python -m bench storm --requests 1000     # --quick: 100 requests
 """
 
-import argparse
 import asyncio
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from support.mixed_traffic import TRANSPORT_ERROR, Tally, invoke, v2_load_unload
+from support.mixed_traffic import run as drive
 
-from common import mme_server, s3_with_models  # noqa: E402
-from support.mixed_traffic import TRANSPORT_ERROR, Tally, invoke, run, v2_load_unload  # noqa: E402
+from bench.harness.servers import mme_server, s3_with_models
 
 CHURNED = ["NewYork_NY.tar.gz", "LosAngeles_CA.tar.gz"]
 STEADY = ["Chicago_IL.tar.gz", "Houston_TX.tar.gz"]
@@ -26,7 +23,7 @@ async def storm(url: str, requests: int, seed: int) -> Tally:
     tally = Tally()
     clients = [v2_load_unload([CHURNED[0]]), v2_load_unload([CHURNED[1]]),
                invoke(CHURNED + STEADY), invoke(CHURNED + STEADY)]
-    await run(url, clients, tally, seed, stop=lambda: tally.count("invoke") >= requests)
+    await drive(url, clients, tally, seed, stop=lambda: tally.count("invoke") >= requests)
     return tally
 
 
@@ -34,7 +31,7 @@ async def after(url: str) -> Tally:
     tally = Tally()
     for target in CHURNED + STEADY:
         done = []
-        await run(url, [invoke([target])], tally, 0, stop=lambda done=done: bool(done) or done.append(1))
+        await drive(url, [invoke([target])], tally, 0, stop=lambda done=done: bool(done) or done.append(1))
     return tally
 
 
@@ -47,20 +44,20 @@ def summary(tally: Tally) -> dict:
             "v2_5xx": v2_5xx, "dropped": dropped}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=1000)
+def add_arguments(parser):
+    parser.add_argument("--requests", type=int, help="SageMaker requests during the storm (default 1000; --quick 100)")
     parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args()
+
+
+def run(args) -> dict:
+    requests = args.requests or (100 if args.quick else 1000)
     with s3_with_models(CHURNED + STEADY) as s3, mme_server(s3, max_loaded_models=3) as server:
-        during = asyncio.run(storm(server.url, args.requests, args.seed))
+        during = asyncio.run(storm(server.url, requests, args.seed))
         afterwards = asyncio.run(after(server.url))
     print("during the storm:", summary(during))
     print("statuses:", dict(sorted((f"{k}:{s}", n) for (k, s), n in during.statuses.items())))
     for key, body in during.examples.items():
         print("  e.g.", key, body)
     print("one request per model afterwards:", {f"{k}:{s}": n for (k, s), n in afterwards.statuses.items()})
-
-
-if __name__ == "__main__":
-    main()
+    return {"during": summary(during), "statuses": {f"{k}:{s}": n for (k, s), n in during.statuses.items()},
+            "afterwards": {f"{k}:{s}": n for (k, s), n in afterwards.statuses.items()}}

@@ -1,6 +1,6 @@
 """Benchmarks of the model cache lifecycle, each reported as a ratio measured in the same run.
 
-    python bench/cache.py [--quick]
+    python -m bench cache [--quick]
 
 1. single flight: 64 concurrent cold requests for one model, against one cold request;
 2. parallel loads: 8 distinct cold models at once, against the same 8 one after another;
@@ -10,31 +10,24 @@
 5. 10,000 load/unload cycles: resident memory of the server at the start and the end.
 """
 
-import argparse
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import http_client, lru_hit_ratio, mme_server, percentile, s3_get_count, s3_with_models, timed_call
+from bench.harness.proc import rss_bytes
+from bench.harness.servers import (
+    http_client,
+    metric,
+    mme_server,
+    s3_get_count,
+    s3_with_models,
+    server_metrics_url,
+    timed_call,
+)
+from bench.harness.stats import lru_hit_ratio, percentile, zipf_trace
 
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def metric(server, name: str) -> float:
-    import httpx
-
-    text = httpx.get(f"http://127.0.0.1:{server.env['MLSERVER_METRICS_PORT']}/metrics").text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+# Sizes: (Zipf models, Zipf requests, load/unload cycles, warm requests, storm models)
+FULL, QUICK = (1000, 10000, 10000, 2000, 400), (200, 1000, 500, 300, 100)
 
 
 def at_once(server, targets):
@@ -67,8 +60,10 @@ def single_flight(s3, server):
     wall = at_once(server, ["sf/shared.tar.gz"] * 64)
     downloads = s3_get_count(s3, "sf/shared.tar.gz")
     return [
-        ("64 concurrent cold requests, one model: downloads", f"{downloads}", "must be 1"),
-        ("64 concurrent cold: wall time / one cold request", f"{wall:.1f} ms / {one:.1f} ms", f"{wall / one:.2f}x"),
+        ("64 concurrent cold requests, one model: downloads", f"{downloads}", "must be 1",
+         {"single_flight_downloads": downloads}),
+        ("64 concurrent cold: wall time / one cold request", f"{wall:.1f} ms / {one:.1f} ms", f"{wall / one:.2f}x",
+         {"single_flight_wall_ms": round(wall, 2), "one_cold_ms": round(one, 2), "single_flight_ratio": round(wall / one, 3)}),
     ]
 
 
@@ -80,7 +75,9 @@ def parallel_loads(server):
         sequential = (time.perf_counter() - started) * 1e3
     parallel = at_once(server, [f"par/m{i}.tar.gz" for i in range(8)])
     return [("8 distinct cold models: at once / one after another", f"{parallel:.1f} ms / {sequential:.1f} ms",
-             f"{parallel / sequential:.2f}x")]
+             f"{parallel / sequential:.2f}x", {"parallel_loads_ms": round(parallel, 2),
+                                               "sequential_loads_ms": round(sequential, 2),
+                                               "parallel_loads_ratio": round(parallel / sequential, 3)})]
 
 
 def warm_under_storm(server, n_warm, storm_models):
@@ -107,33 +104,33 @@ def warm_under_storm(server, n_warm, storm_models):
     p50a, p99a, p50s, p99s = (percentile(alone, 50), percentile(alone, 99), percentile(stormy, 50),
                               percentile(stormy, 99))
     return [
-        ("warm p50 during a cold-load storm / alone", f"{p50s:.2f} ms / {p50a:.2f} ms", f"{p50s / p50a:.2f}x"),
-        ("warm p99 during a cold-load storm / alone", f"{p99s:.2f} ms / {p99a:.2f} ms", f"{p99s / p99a:.2f}x"),
+        ("warm p50 during a cold-load storm / alone", f"{p50s:.2f} ms / {p50a:.2f} ms", f"{p50s / p50a:.2f}x",
+         {"warm_p50_alone_ms": round(p50a, 3), "warm_p50_storm_ms": round(p50s, 3)}),
+        ("warm p99 during a cold-load storm / alone", f"{p99s:.2f} ms / {p99a:.2f} ms", f"{p99s / p99a:.2f}x",
+         {"warm_p99_alone_ms": round(p99a, 3), "warm_p99_storm_ms": round(p99s, 3)}),
     ]
-
-
-def zipf_trace(n_models, n_requests, s=1.1, seed=7):
-    rng = random.Random(seed)
-    weights = [1 / (rank ** s) for rank in range(1, n_models + 1)]
-    return rng.choices(range(n_models), weights=weights, k=n_requests)
 
 
 def churn(server, n_models, n_requests):
     trace = zipf_trace(n_models, n_requests)
-    hits0, misses0 = metric(server, "mme_model_cache_hits_total"), metric(server, "mme_model_cache_misses_total")
+    url = server_metrics_url(server)
+    hits0, misses0 = metric(url, "mme_model_cache_hits_total"), metric(url, "mme_model_cache_misses_total")
     with http_client(server) as http:
         started = time.perf_counter()
         latencies = [timed_call(http, f"zipf/m{key:04d}.tar.gz") for key in trace]
         wall = time.perf_counter() - started
-    hits = metric(server, "mme_model_cache_hits_total") - hits0
-    misses = metric(server, "mme_model_cache_misses_total") - misses0
+    hits = metric(url, "mme_model_cache_hits_total") - hits0
+    misses = metric(url, "mme_model_cache_misses_total") - misses0
     measured = hits / (hits + misses)
     expected = lru_hit_ratio(trace, 100)
     return [
         (f"Zipf(1.1) over {n_models} models, room for 100: hit ratio measured / exact LRU",
-         f"{measured:.4f} / {expected:.4f}", f"{(measured - expected) * 100:+.2f} pt"),
+         f"{measured:.4f} / {expected:.4f}", f"{(measured - expected) * 100:+.2f} pt",
+         {"zipf_hit_ratio": round(measured, 4), "zipf_lru_simulation": round(expected, 4)}),
         (f"Zipf(1.1) churn throughput (conc 1, {n_requests} requests)", f"{n_requests / wall:.0f} req/s",
-         f"p50 {percentile(latencies, 50):.2f} ms, p99 {percentile(latencies, 99):.2f} ms"),
+         f"p50 {percentile(latencies, 50):.2f} ms, p99 {percentile(latencies, 99):.2f} ms",
+         {"zipf_rps": round(n_requests / wall, 1), "zipf_p50_ms": round(percentile(latencies, 50), 3),
+          "zipf_p99_ms": round(percentile(latencies, 99), 3)}),
     ]
 
 
@@ -149,16 +146,19 @@ def load_unload_cycles(server, cycles):
         wall = time.perf_counter() - started
         end = rss_bytes(pid)
     return [(f"{cycles} load/unload cycles: RSS end / start", f"{end / 2**20:.1f} MiB / {start / 2**20:.1f} MiB",
-             f"{end / start:.3f}x ({cycles / wall:.0f} cycles/s)")]
+             f"{end / start:.3f}x ({cycles / wall:.0f} cycles/s)",
+             {"cycles_rss_start_mib": round(start / 2**20, 1), "cycles_rss_end_mib": round(end / 2**20, 1),
+              "cycles_per_second": round(cycles / wall, 1)})]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
-    args = parser.parse_args()
-    n_zipf_models, n_zipf_requests, n_cycles, n_warm, n_storm = (
-        (200, 1000, 500, 300, 100) if args.quick else (1000, 10000, 10000, 2000, 400)
-    )
+def add_arguments(parser):
+    parser.add_argument("--sizes", type=lambda text: tuple(int(v) for v in text.split(",")),
+                        help="Zipf models,Zipf requests,load/unload cycles,warm requests,storm models "
+                             f"(default {','.join(map(str, FULL))}; --quick {','.join(map(str, QUICK))})")
+
+
+def run(args) -> dict:
+    n_zipf_models, n_zipf_requests, n_cycles, n_warm, n_storm = args.sizes or (QUICK if args.quick else FULL)
     targets = (["sf/alone.tar.gz", "sf/shared.tar.gz", "warm/w.tar.gz", "cycle/a.tar.gz", "cycle/b.tar.gz"]
                + [f"seq/m{i}.tar.gz" for i in range(8)] + [f"par/m{i}.tar.gz" for i in range(8)]
                + [f"storm/m{i:04d}.tar.gz" for i in range(n_storm)]
@@ -176,8 +176,5 @@ def main():
     print("| scenario | measured | ratio |")
     print("|---|---|---|")
     for row in rows:
-        print("| " + " | ".join(row) + " |")
-
-
-if __name__ == "__main__":
-    main()
+        print("| " + " | ".join(row[:3]) + " |")
+    return {key: value for row in rows for key, value in row[3].items()}

@@ -7,34 +7,23 @@ the server's resident memory (RSS) and open files, p50/p99 per kind of call. The
 target: after the first (warm-up) minute, RSS grows at most 10 % over the rest,
 no unexpected answer, open files flat.
 
-    python bench/soak.py --minutes 10 --plot docs/soak.png
+    python -m bench soak --minutes 10 --plot docs/soak.png
+
+``--quick``: 2 samples 5 s apart instead of a minute (``--interval``), for a smoke run.
 """
 
-import argparse
 import asyncio
-import os
-import sys
 import threading
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from support.mixed_traffic import Tally, bad_body, bad_target, invoke, v2_index, v2_infer, v2_load_unload
+from support.mixed_traffic import run as drive
 
-from common import mme_server, percentile, s3_with_models  # noqa: E402
-from support.mixed_traffic import Tally, bad_body, bad_target, invoke, run, v2_index, v2_infer, v2_load_unload  # noqa: E402
+from bench.harness.proc import open_files, rss_bytes
+from bench.harness.servers import mme_server, s3_with_models
+from bench.harness.stats import percentile
 
 CHURNED = [f"churn/m{i:02d}.tar.gz" for i in range(12)]
 WARM = "warm/Houston_TX.tar.gz"
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def open_files(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def clients():
@@ -43,12 +32,12 @@ def clients():
             v2_load_unload(CHURNED), lambda http, tally, rng: (v2_index() if rng.random() < 0.2 else v2_infer(both))(http, tally, rng)]
 
 
-def soak(url: str, pid: int, minutes: int, seed: int):
+def soak(url: str, pid: int, minutes: int, seed: int, interval: float = 60):
     tally, rows, stop = Tally(), [], threading.Event()
 
     def sample():
         for minute in range(1, minutes + 1):
-            if stop.wait(60):
+            if stop.wait(interval):
                 return
             taken = tally.take()
             row = {
@@ -56,7 +45,7 @@ def soak(url: str, pid: int, minutes: int, seed: int):
                 "requests": sum(taken.statuses.values()),
                 "unexpected": sum(taken.unexpected().values()),
                 "unexpected_kinds": {f"{k}:{s}": n for (k, s), n in taken.unexpected().items()},
-                "rss_mib": rss_mib(pid),
+                "rss_mib": rss_bytes(pid) / 2**20,
                 "open_files": open_files(pid),
                 "p50_ms": {kind: percentile(v, 50) * 1e3 for kind, v in taken.latencies.items()},
                 "p99_ms": {kind: percentile(v, 99) * 1e3 for kind, v in taken.latencies.items()},
@@ -71,7 +60,7 @@ def soak(url: str, pid: int, minutes: int, seed: int):
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    asyncio.run(run(url, clients(), tally, seed, stop=stop.is_set))
+    asyncio.run(drive(url, clients(), tally, seed, stop=stop.is_set))
     sampler.join()
     return rows
 
@@ -102,14 +91,18 @@ def plot(rows, path: str) -> None:
     figure.savefig(path, dpi=90)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=int, default=10)
+def add_arguments(parser):
+    parser.add_argument("--minutes", type=int, help="samples (default 10; --quick 2)")
+    parser.add_argument("--interval", type=float, help="seconds between samples (default 60; --quick 5)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
-    args = parser.parse_args()
+
+
+def run(args) -> dict:
+    minutes = args.minutes or (2 if args.quick else 10)
+    interval = args.interval or (5 if args.quick else 60)
     with s3_with_models(CHURNED + [WARM]) as s3, mme_server(s3, max_loaded_models=3) as server:
-        rows = soak(server.url, server.process.pid, args.minutes, args.seed)
+        rows = soak(server.url, server.process.pid, minutes, args.seed, interval)
     warm, last = rows[0], rows[-1]
     growth = (last["rss_mib"] - warm["rss_mib"]) / warm["rss_mib"]
     print(f"\nrequests: {sum(r['requests'] for r in rows)}, unexpected: {sum(r['unexpected'] for r in rows)}")
@@ -126,7 +119,6 @@ def main() -> None:
     if args.plot:
         plot(rows, args.plot)
         print("plot:", args.plot)
+    return {"requests": sum(r["requests"] for r in rows), "unexpected": sum(r["unexpected"] for r in rows),
+            "rss_growth": round(growth, 4), "rows": rows}
 
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """The HTTP floor: uvicorn + Starlette answering every POST with a constant JSON list.
 
-    python bench/echo_server.py PORT
+    python bench/harness/echo_server.py PORT
 """
 
 import sys

@@ -1,13 +1,12 @@
 """Per-request cost of the per-model metrics (``ModelMetrics.record``), in microseconds.
 
-    python bench/model_metrics.py [--models 1000] [--top-k 50] [--requests 500000]
+    python -m bench model_metrics [--models 1000] [--top-k 50] [--requests 600000]     # --quick: 20,000 requests
 
 Records requests spread over ``--models`` targets (80% of them to 20 hot ones,
 the rest uniform), successes only, in one process, reviews included, and prints
 the mean cost per call next to that of the one histogram observation it makes.
 """
 
-import argparse
 import random
 import time
 
@@ -22,13 +21,15 @@ def per_call_us(function, calls) -> float:
     return (time.perf_counter() - started) / len(calls) * 1e6
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser):
     parser.add_argument("--models", type=int, default=1000)
     parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=600_000)
+    parser.add_argument("--requests", type=int, help="calls recorded (default 600,000; --quick 20,000)")
     parser.add_argument("--review-every", type=int, default=300_000, help="calls between reviews")
-    args = parser.parse_args()
+
+
+def run(args) -> dict:
+    args.requests = args.requests or (20_000 if args.quick else 600_000)
     rng = random.Random(0)
     targets = [f"tenant/{i:05d}.tar.gz" for i in range(args.models)]
     hot = targets[:20]
@@ -63,7 +64,6 @@ def main():
     print(f"record():                      {record:.2f} us per call")
     print(f"histogram.observe alone:       {bare:.2f} us per call")
     print(f"labelled models at the end: {len(metrics.labelled())}")
+    return {"models": args.models, "top_k": args.top_k, "requests": args.requests, "record_us": round(record, 3),
+            "histogram_observe_us": round(bare, 3), "labelled_models": len(metrics.labelled())}
 
-
-if __name__ == "__main__":
-    main()

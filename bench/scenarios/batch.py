@@ -1,11 +1,12 @@
 """Batches: head-of-line blocking, 5 MB batch latency against an in-process floor, one-row CPU against the HTTP floor.
 
-    .venv/bin/python bench/batch.py            # about 4 minutes on 2 cores
-    .venv/bin/python bench/batch.py --quick    # a smoke run, about a minute
+    .venv/bin/python -m bench batch            # about 4 minutes on 2 cores
+    .venv/bin/python -m bench batch --quick    # a smoke run, about a minute
+    .venv/bin/python -m bench batch --quick --megabytes 0.5 --durations 1,2,1,2,1,0.5   # smaller still
 
-One ``mlserver start model-settings/`` on loopback (``systems.ours``), the bundled ``Houston_TX.tar.gz``
-in moto's S3 (``common.s3_with_models``), warmed (loaded, one batch answered) before anything is
-measured. Clients run on uvloop when it is installed (``compare.run``). Progress goes to stderr,
+One ``mlserver start model-settings/`` on loopback (``harness.servers.ours``), the bundled ``Houston_TX.tar.gz``
+in moto's S3 (``harness.servers.s3_with_models``), warmed (loaded, one batch answered) before anything is
+measured. Clients run on uvloop when it is installed (``harness.loadgen.run``). Progress goes to stderr,
 the Markdown report to stdout. Batches are 5 MB bodies of home-value rows (YEAR_BUILT ~ N(1995, 10),
 SQUARE_FEET ~ N(3000, 750), bedrooms 2-6, bathrooms 1-3 in halves, LOT_ACRES ~ N(1, 0.25), garage 0-3).
 
@@ -19,41 +20,36 @@ SQUARE_FEET ~ N(3000, 750), bedrooms 2-6, bathrooms 1-3 in halves, LOT_ACRES ~ N
    predicted and encoded in this process on C-speed paths (``FLOOR_READERS``), then
    ``Booster.inplace_predict`` (nthread 1, as the server) and ``orjson.dumps`` (target <= 2x).
 3. Warm one-row server CPU per request: ``loadgen.closed_loop`` at concurrency 8 against the server's
-   ``/invocations`` and against ``bench/echo_server.py`` (uvicorn + Starlette answering a constant);
+   ``/invocations`` and against ``bench/harness/echo_server.py`` (uvicorn + Starlette answering a constant);
    server CPU microseconds per request and their ratio (target <= 2.0).
 """
 
-import argparse
 import asyncio
 import io
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
 import aiohttp
-import loadgen
 import numpy as np
 import orjson
 import pandas as pd
 import scipy.sparse
-import systems
-from common import BODY, BUCKET, PREFIX, ROOT, http_client, percentile, s3_with_models
-from compare import run
-from support.artifacts import booster as example_booster  # tests/ is put on the path by common
+from support.artifacts import booster as example_booster  # tests/ is put on the path by bench.harness
 from support.recordio_writer import dense_records
+
+from bench.harness import ROOT, loadgen, peers, servers
+from bench.harness.report import log
+from bench.harness.servers import BODY, BUCKET, PREFIX, http_client, s3_with_models
+from bench.harness.stats import percentile
 
 TARGET = "Houston_TX.tar.gz"
 BATCH_BYTES = 5_000_000
 CSV = "text/csv"
 CELL_FORMATS = ["%d", "%d", "%d", "%.1f", "%.2f", "%d"]
 TIMEOUT = aiohttp.ClientTimeout(total=120)
-
-
-def log(message):
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- bodies ------------------------------------------------------------------------------------------------
@@ -88,9 +84,9 @@ ENCODERS = {
 }
 
 
-def batch_body(encode, pool):
-    """(body, rows): as many rows of ``pool`` as make about ``BATCH_BYTES`` in that encoding."""
-    rows = int(BATCH_BYTES * 1000 / len(encode(pool[:1000])))
+def batch_body(encode, pool, size=BATCH_BYTES):
+    """(body, rows): as many rows of ``pool`` as make about ``size`` bytes in that encoding."""
+    rows = int(size * 1000 / len(encode(pool[:1000])))
     assert rows <= len(pool), "the pool of rows is too small"
     return encode(pool[:rows]), rows
 
@@ -227,7 +223,7 @@ async def head_of_line(url, batch, rate, seconds):
 def one_row_cpu(system, args):
     """(req/s, server CPU microseconds per request) of one-row CSV requests at concurrency 8."""
     request = invocation(system.url, CSV, BODY)
-    result = run(loadgen.closed_loop(request, 8, args.cpu_seconds, args.warmup, system.pid))
+    result = loadgen.run(loadgen.closed_loop(request, 8, args.cpu_seconds, args.warmup, system.pid))
     if result.errors:
         raise RuntimeError(f"{system.name}: {result.errors} failed requests")
     return result.rps, result.server_cores / result.rps * 1e6
@@ -280,27 +276,35 @@ def cpu_table(ours, echo):
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run: a few seconds per measurement")
-    parser.add_argument("--rate", type=float, default=200.0, help="one-row requests per second, both connections")
-    args = parser.parse_args()
-    args.baseline_seconds, args.batch_seconds = (3, 8) if args.quick else (20, 45)
-    args.repeats, args.repeat_seconds = (3, 10) if args.quick else (25, 25)
-    args.cpu_seconds, args.warmup = (3, 1) if args.quick else (10, 2)
+# (baseline s, batch s, repeats, repeat s, CPU s, warm-up s)
+FULL, QUICK = (20, 45, 25, 25, 10, 2), (3, 8, 3, 10, 3, 1)
 
-    log("making the 5 MB bodies")
+
+def add_arguments(parser):
+    parser.add_argument("--rate", type=float, default=200.0, help="one-row requests per second, both connections")
+    parser.add_argument("--megabytes", type=float, default=BATCH_BYTES / 1e6, help="size of a batch body")
+    parser.add_argument("--durations", type=lambda text: tuple(float(v) for v in text.split(",")),
+                        help="baseline s,batch s,repeats,repeat s,CPU s,warm-up s "
+                             f"(default {','.join(map(str, FULL))}; --quick {','.join(map(str, QUICK))})")
+
+
+def run(args) -> dict:
+    durations = args.durations or (QUICK if args.quick else FULL)
+    args.baseline_seconds, args.batch_seconds, repeats, args.repeat_seconds, args.cpu_seconds, args.warmup = durations
+    args.repeats = int(repeats)
+
+    log(f"making the {args.megabytes:g} MB bodies")
     pool = feature_rows(240_000)
-    bodies = {kind: batch_body(encode, pool) for kind, encode in ENCODERS.items()}
+    bodies = {kind: batch_body(encode, pool, int(args.megabytes * 1e6)) for kind, encode in ENCODERS.items()}
     booster = example_booster(TARGET)
     booster.set_param({"nthread": 1})
     with s3_with_models([TARGET]) as s3, tempfile.TemporaryDirectory() as work:
-        with systems.ours(s3.url, f"s3://{BUCKET}/{PREFIX}", work) as server, http_client(server) as http:
+        with servers.ours(s3.url, f"s3://{BUCKET}/{PREFIX}", work) as server, http_client(server) as http:
             post_sync(http, CSV, BODY)()  # loads the model
             post_sync(http, CSV, bodies[CSV][0])()
             log("1. head-of-line blocking")
-            hol = {"without": run(head_of_line(server.url, None, args.rate, args.baseline_seconds)),
-                   "with": run(head_of_line(server.url, bodies[CSV][0], args.rate, args.batch_seconds))}
+            hol = {"without": loadgen.run(head_of_line(server.url, None, args.rate, args.baseline_seconds)),
+                   "with": loadgen.run(head_of_line(server.url, bodies[CSV][0], args.rate, args.batch_seconds))}
             floor_rows = []
             for kind, (body, count) in bodies.items():
                 log(f"2. {kind}")
@@ -311,11 +315,20 @@ def main():
             log("3. one-row CPU: mlserver-mme")
             ours = one_row_cpu(server, args)
         log("3. one-row CPU: echo floor")
-        with systems.echo(work) as echo:
+        with peers.echo(work) as echo:
             floor = one_row_cpu(echo, args)
     print(f"# Batches ({'quick' if args.quick else 'full'} run; code {code_version()}; {os.cpu_count()} cores)\n")
     print(head_of_line_table(hol, bodies[CSV][1], args.rate), floor_table(floor_rows), cpu_table(ours, floor), sep="\n\n")
-
-
-if __name__ == "__main__":
-    main()
+    batch_median = statistics.median(hol["with"]["batch"])
+    return {
+        "head_of_line": {key: {"batches": len(runs["batch"]), "one_row_n": len(runs["one_row"]),
+                               "one_row_p50_ms": round(percentile(runs["one_row"], 50), 3),
+                               "one_row_p99_ms": round(percentile(runs["one_row"], 99), 3),
+                               "ping_p99_ms": round(percentile(runs["ping"], 99), 3)} for key, runs in hol.items()},
+        "batch_median_ms": round(batch_median, 2),
+        "floor": {kind: {"bytes": size, "rows": count, "server_median_ms": round(statistics.median(server_ms), 2),
+                         "floor_median_ms": round(statistics.median(floor_ms), 2)}
+                  for kind, size, count, server_ms, floor_ms in floor_rows},
+        "one_row_cpu": {"ours_rps": round(ours[0], 1), "ours_cpu_us": round(ours[1], 1),
+                        "echo_rps": round(floor[0], 1), "echo_cpu_us": round(floor[1], 1)},
+    }

@@ -1,6 +1,6 @@
 """Request decoding and response encoding of ~5 MB bodies: this tree against the last commit.
 
-    python bench/decode.py [--runs 5] [--megabytes 5]
+    python -m bench decode [--runs 5] [--megabytes 5]     # --quick: 1 run of 0.2 MB bodies
 
 Bodies of rows of 6 features like the bundled home-value models (YEAR_BUILT ~ N(1995, 10),
 SQUARE_FEET ~ N(3000, 750), bedrooms 2-6, bathrooms 1-3 in halves, LOT_ACRES ~ N(1, 0.25),
@@ -10,7 +10,6 @@ recordio.py are loaded from ``git show``; each run times HEAD then this tree, bo
 and the table gives the median milliseconds (single-threaded, in process).
 """
 
-import argparse
 import importlib
 import io
 import json
@@ -22,13 +21,10 @@ import tempfile
 import time
 
 import numpy as np
+from support.recordio_writer import dense_records
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-
-from support.recordio_writer import dense_records  # noqa: E402
-
-from mlserver_mme.payloads import codecs as payloads  # noqa: E402
+from bench.harness import ROOT
+from mlserver_mme.payloads import codecs as payloads
 
 
 def head_payloads():
@@ -36,10 +32,11 @@ def head_payloads():
     folder = tempfile.mkdtemp()
     package = os.path.join(folder, "mme_head")
     os.mkdir(package)
-    os.mkdir(os.path.join(package, "payloads"))
-    for name in ("__init__.py", "payloads/__init__.py"):
+    for sub in ("payloads", "runtimes"):
+        os.mkdir(os.path.join(package, sub))
+    for name in ("__init__.py", "payloads/__init__.py", "runtimes/__init__.py"):
         open(os.path.join(package, name), "w").close()
-    for name in ("payloads/codecs.py", "payloads/recordio.py", "errors.py"):
+    for name in ("payloads/codecs.py", "payloads/recordio.py", "errors.py", "runtimes/protocol.py"):
         with open(os.path.join(package, name), "wb") as file:
             file.write(subprocess.check_output(["git", "-C", ROOT, "show", f"HEAD:mlserver_mme/{name}"]))
     sys.path.insert(0, folder)
@@ -84,33 +81,36 @@ def seconds(function, *args) -> float:
     return time.perf_counter() - start
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--megabytes", type=float, default=5)
-    args = parser.parse_args()
+def add_arguments(parser):
+    parser.add_argument("--runs", type=int, help="runs (default 5; --quick 1)")
+    parser.add_argument("--megabytes", type=float, help="body size (default 5; --quick 0.2)")
+
+
+def run(args) -> dict:
+    args.runs = args.runs or (1 if args.quick else 5)
+    args.megabytes = args.megabytes or (0.2 if args.quick else 5)
     old = head_payloads()
     cases = []  # (what, MB, rows, function of a payloads module)
     for content_type in WRITERS:
         body, count = body_of(content_type, int(args.megabytes * 1e6))
-        run = lambda module, b=body, c=content_type: module.decode(b, c)  # noqa: E731
-        cases.append((f"decode {content_type}", len(body) / 1e6, count, run))
+        call = lambda module, b=body, c=content_type: module.decode(b, c)  # noqa: E731
+        cases.append((f"decode {content_type}", len(body) / 1e6, count, call))
     predictions = np.random.default_rng(1).normal(300_000, 100_000, cases[0][2]).astype(np.float32)
     for accept in ("application/json", "text/csv"):
         size = len(payloads.encode(predictions, accept)[0]) / 1e6
-        run = lambda module, a=accept: module.encode(predictions, a)  # noqa: E731
-        cases.append((f"encode {accept}", size, len(predictions), run))
+        call = lambda module, a=accept: module.encode(predictions, a)  # noqa: E731
+        cases.append((f"encode {accept}", size, len(predictions), call))
     times = {what: ([], []) for what, *_ in cases}
     for _ in range(args.runs):
-        for what, _, _, run in cases:
-            times[what][0].append(seconds(run, old))
-            times[what][1].append(seconds(run, payloads))
+        for what, _, _, call in cases:
+            times[what][0].append(seconds(call, old))
+            times[what][1].append(seconds(call, payloads))
     print("| | MB | rows | HEAD ms | now ms | speed-up |")
     print("|---|---:|---:|---:|---:|---:|")
+    figures = {}
     for what, megabytes, count, _ in cases:
         before, after = (statistics.median(values) * 1e3 for values in times[what])
         print(f"| {what} | {megabytes:.1f} | {count:,} | {before:.1f} | {after:.1f} | {before / after:.1f}x |")
+        figures[what] = {"megabytes": round(megabytes, 3), "rows": count, "head_ms": round(before, 3), "now_ms": round(after, 3)}
+    return figures
 
-
-if __name__ == "__main__":
-    main()
