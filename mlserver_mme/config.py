@@ -6,10 +6,12 @@ defaults below. Relative paths given in settings.json are taken relative to the
 folder that holds it (the one passed to ``mlserver start``).
 """
 
+import logging
 import os
+import secrets
 from typing import Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .folders import default_cache_dir
@@ -89,7 +91,21 @@ class MMESettings(BaseSettings):
 
     admin_token: Optional[str] = None
     """When set, ``/v2/repository/*`` and the hosting routes (``/models...``) need
-    ``Authorization: Bearer <token>``."""
+    ``Authorization: Bearer <token>``. A placeholder (``CHANGE-ME...``, as the Kubernetes base ships it) or a
+    value no client can send (white space or control characters, such as a file's final line break) keeps
+    those routes closed to everyone."""
+
+    @field_validator("admin_token")
+    @classmethod
+    def _unusable_token_closes(cls, token: Optional[str]) -> Optional[str]:
+        if token is None or (token.isprintable() and not any(c.isspace() for c in token)
+                             and not token.startswith("CHANGE-ME")):
+            return token
+        reason = "is a placeholder" if token.startswith("CHANGE-ME") else "holds white space or control characters"
+        logging.getLogger("mlserver.mme").warning(
+            "event=admin-token-unusable reason=MLSERVER_MME_ADMIN_TOKEN %s: the management routes stay closed", reason
+        )
+        return secrets.token_hex(32)  # a token no one knows: closed, never open
 
     shard_check: Optional[str] = None
     """Set by ``mlserver-mme serve`` per start, with ``shard_answer``: a ``/ping`` carrying

@@ -6,6 +6,7 @@ Offline and fast: kubernetes-validate carries the schemas, `kubectl kustomize` r
 cluster, and the front is run against a few loopback echo servers.
 """
 
+import base64
 import contextlib
 import http.client
 import http.server
@@ -37,6 +38,7 @@ EXPECTED_KINDS = {
     "ConfigMap",
     "Deployment",
     "HorizontalPodAutoscaler",
+    "NetworkPolicy",
     "PodDisruptionBudget",
     "Secret",
     "Service",
@@ -46,6 +48,9 @@ SERVERS = "mlserver-mme-servers"
 FRONT = "mlserver-mme-front"
 CACHE_DIR = "/var/cache/mlserver-mme"
 TARGET_HEADER = "X-Amzn-SageMaker-Target-Model"
+ADMIN_SECRET = "mlserver-mme-admin"
+ADMIN_TOKEN = "MLSERVER_MME_ADMIN_TOKEN"
+SCRAPER = {"mlserver-mme/metrics-scraper": "true"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -158,7 +163,7 @@ def _env(container, namespace="default"):
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_manifest_file_validates_strictly(version):
     files = _manifest_files()
-    assert len(files) >= 8
+    assert len(files) >= 9
     for path in files:
         for obj in _load(path):
             _validate(obj, version)
@@ -276,6 +281,31 @@ def test_servers_read_the_prefix_and_credentials_from_generated_objects(rendered
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["data"])
 
 
+def test_servers_take_the_admin_token_from_a_generated_secret(rendered):
+    server = _container(_one(rendered, "Deployment", SERVERS), "server")
+    secret = _generated(rendered, "Secret", ADMIN_SECRET)
+    (item,) = [item for item in server["env"] if item["name"] == ADMIN_TOKEN]
+    assert item["valueFrom"] == {"secretKeyRef": {"name": secret["metadata"]["name"], "key": ADMIN_TOKEN}}
+    assert set(secret["data"]) == {ADMIN_TOKEN}
+    # Not in envFrom as well, where another source could set it.
+    assert all(ADMIN_TOKEN not in str(source) for source in server["envFrom"])
+
+
+def test_the_admin_token_placeholder_cannot_be_presented(rendered):
+    """The base's token is a placeholder that keeps the management routes closed: it says to change it,
+    and holds a line break followed by more text, which no HTTP header or gRPC metadata value can carry."""
+    secret = _generated(rendered, "Secret", ADMIN_SECRET)
+    token = base64.b64decode(secret["data"][ADMIN_TOKEN]).decode()
+    assert token.startswith("CHANGE-ME")
+    head, _, tail = token.partition("\n")
+    assert head and tail and not tail[0].isspace(), token
+    # The server compares the whole header with it: such a header cannot even be sent.
+    connection = http.client.HTTPConnection("127.0.0.1", 9)
+    connection.putrequest("GET", "/v2/repository/index")
+    with pytest.raises(ValueError):
+        connection.putheader("Authorization", f"Bearer {token}")
+
+
 def test_servers_have_no_fixed_replica_count_under_the_autoscaler(objects):
     assert "replicas" not in _one(objects, "Deployment", SERVERS)["spec"]
 
@@ -315,6 +345,67 @@ def test_services_select_their_pods_and_ports(objects):
         named_ports = {port["name"] for container in _containers(matching[0]) for port in container["ports"]}
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in named_ports, (name, port)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Network policies
+
+
+def _policies(objects):
+    return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == "NetworkPolicy"}
+
+
+def _rules_by_port(policy):
+    """Each port the policy opens, by name, with the peers it opens it to (None: any source)."""
+    opened = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            assert port["protocol"] == "TCP"
+            assert port["port"] not in opened, "one rule per port"
+            opened[port["port"]] = rule.get("from")
+    return opened
+
+
+def test_network_policies_isolate_each_deployments_pods(objects):
+    policies = _policies(objects)
+    assert set(policies) == {SERVERS, FRONT}
+    for name, policy in policies.items():
+        assert policy["apiVersion"] == "networking.k8s.io/v1"
+        assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress stays open: S3, DNS
+        # The exact labels of the Deployment's pods, so no other pod is selected.
+        assert policy["spec"]["podSelector"] == {"matchLabels": _pod_labels(_one(objects, "Deployment", name))}
+        # Ports by the names the containers give them: a policy naming a port no container has opens nothing.
+        container_ports = {port["name"] for c in _containers(_one(objects, "Deployment", name)) for port in c["ports"]}
+        assert set(_rules_by_port(policy)) == container_ports == {"http", "metrics"}, name
+
+
+def test_servers_take_http_from_the_front_only(objects):
+    opened = _rules_by_port(_policies(objects)[SERVERS])
+    front_labels = _pod_labels(_one(objects, "Deployment", FRONT))
+    # A podSelector without a namespaceSelector: the front's pods of the servers' own namespace.
+    assert opened["http"] == [{"podSelector": {"matchLabels": front_labels}}]
+    servers_labels = _pod_labels(_one(objects, "Deployment", SERVERS))
+    assert not front_labels.items() <= servers_labels.items()
+
+
+def test_the_front_takes_http_from_anywhere(objects):
+    assert _rules_by_port(_policies(objects)[FRONT])["http"] is None
+
+
+@pytest.mark.parametrize("name", [SERVERS, FRONT])
+def test_metrics_only_from_labelled_scrapers(objects, name):
+    (peer,) = _rules_by_port(_policies(objects)[name])["metrics"]
+    # Both selectors in one peer: pods with the scraper label, in any namespace.
+    assert peer == {"namespaceSelector": {}, "podSelector": {"matchLabels": SCRAPER}}
+    for deployment in _deployments(objects):
+        assert not SCRAPER.items() <= _pod_labels(deployment).items()
+
+
+def test_the_scraper_label_is_documented():
+    docs = (Path(ROOT) / "docs" / "scale-out.md").read_text()
+    (key, value), = SCRAPER.items()
+    assert f'{key}: "{value}"' in docs
+    assert f'{key}: "{value}"' in (BASE / "networkpolicy.yaml").read_text()
 
 
 # ---------------------------------------------------------------------------------------------------
