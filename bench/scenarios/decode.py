@@ -5,8 +5,8 @@
 Bodies of rows of 6 features like the bundled home-value models (YEAR_BUILT ~ N(1995, 10),
 SQUARE_FEET ~ N(3000, 750), bedrooms 2-6, bathrooms 1-3 in halves, LOT_ACRES ~ N(1, 0.25),
 garage 0-3; two decimals, as clients usually send) in each request content type, and the
-float32 predictions of the CSV body's rows encoded as JSON and CSV. HEAD's payloads/codecs.py and
-recordio.py are loaded from ``git show``; each run times HEAD then this tree, body after body,
+float32 predictions of the CSV body's rows encoded as JSON and CSV. HEAD's payloads/ modules (codecs.py
+and what it imports) are loaded from ``git show``; each run times HEAD then this tree, body after body,
 and the table gives the median milliseconds (single-threaded, in process).
 """
 
@@ -36,7 +36,11 @@ def head_payloads():
         os.mkdir(os.path.join(package, sub))
     for name in ("__init__.py", "payloads/__init__.py", "runtimes/__init__.py"):
         open(os.path.join(package, name), "w").close()
-    for name in ("payloads/codecs.py", "payloads/recordio.py", "errors.py", "runtimes/protocol.py"):
+    payload_modules = subprocess.check_output(
+        ["git", "-C", ROOT, "ls-tree", "--name-only", "HEAD", "mlserver_mme/payloads/"], text=True
+    ).split()  # codecs.py and every module it imports (one per content type since the split)
+    modules = [path[len("mlserver_mme/"):] for path in payload_modules if path.endswith(".py")]
+    for name in [*modules, "errors.py", "runtimes/protocol.py"]:
         with open(os.path.join(package, name), "wb") as file:
             file.write(subprocess.check_output(["git", "-C", ROOT, "show", f"HEAD:mlserver_mme/{name}"]))
     sys.path.insert(0, folder)

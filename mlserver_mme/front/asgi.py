@@ -4,6 +4,8 @@ import asyncio
 import json
 from typing import List, Optional, Tuple
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from ..errors import BadPayload, BodyTimeout, RequestTooLarge
 
 BODY_SECONDS = 30.0  # MLSERVER_MME_BODY_TIMEOUT's default
@@ -15,7 +17,7 @@ def header(headers: dict, name: bytes) -> Optional[str]:
     return value.decode("latin-1") if value is not None else None
 
 
-async def read_body(receive, headers: dict, limit: int, seconds: float = BODY_SECONDS) -> bytes:
+async def read_body(receive: Receive, headers: dict, limit: int, seconds: float = BODY_SECONDS) -> bytes:
     """The request body, refused as soon as it is known to exceed ``limit`` (never read past it),
     or BodyTimeout if it has not all arrived within ``seconds`` (a stalled client holds nothing then)."""
     declared = headers.get(b"content-length")
@@ -27,11 +29,11 @@ async def read_body(receive, headers: dict, limit: int, seconds: float = BODY_SE
         raise BodyTimeout(f"The request body did not arrive within {seconds:g} s.") from None
 
 
-def headers_too_large(scope, limit: int) -> bool:
+def headers_too_large(scope: Scope, limit: int) -> bool:
     return sum(len(name) + len(value) for name, value in scope["headers"]) > limit
 
 
-async def _read(receive, limit: int) -> bytes:
+async def _read(receive: Receive, limit: int) -> bytes:
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -50,7 +52,7 @@ def _too_large(limit: int) -> RequestTooLarge:
     return RequestTooLarge(f"The request body is larger than the limit of {limit} bytes.")
 
 
-async def respond(send, status: int, body: bytes, headers: list) -> None:
+async def respond(send: Send, status: int, body: bytes, headers: list) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -61,16 +63,16 @@ async def respond(send, status: int, body: bytes, headers: list) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def respond_json(send, status: int, payload: dict, headers: Optional[list] = None) -> None:
+async def respond_json(send: Send, status: int, payload: dict, headers: Optional[list] = None) -> None:
     await respond(send, status, json.dumps(payload).encode(), [(b"content-type", b"application/json"), *(headers or [])])
 
 
-async def answer_of(app, scope, receive) -> Tuple[Optional[dict], bytes]:
+async def answer_of(app: ASGIApp, scope: Scope, receive: Receive) -> Tuple[Optional[Message], bytes]:
     """Run the ASGI ``app`` and keep its answer: the start message (None if it sent none) and the body."""
-    start: Optional[dict] = None
+    start: Optional[Message] = None
     chunks: List[bytes] = []
 
-    async def capture(message) -> None:
+    async def capture(message: Message) -> None:
         nonlocal start
         if message["type"] == "http.response.start":
             start = message

@@ -25,6 +25,8 @@ import os
 from typing import Any, Awaitable, Callable, Dict, List, Optional
 from urllib.parse import parse_qs
 
+from starlette.types import Receive, Scope, Send
+
 from ..errors import HostedModelNotFound, InvalidRequest, MMEError, hosting_answer
 from ..lifecycle import ModelLifecycle
 from ..lifecycle.entries import Entry
@@ -41,7 +43,7 @@ class HostingRoutes:
         self.roots = [os.path.realpath(root) for root in roots]
         self.invoke = invoke  # answers POST /models/{name}/invoke
 
-    async def __call__(self, scope, receive, send) -> bool:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer a hosting route; False if ``scope`` is not one."""
         path, method = scope["path"], scope["method"]
         if path == "/models":
@@ -73,14 +75,14 @@ class HostingRoutes:
             return False
         return True
 
-    async def _load(self, scope, receive, send) -> None:
+    async def _load(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             name = await self._load_request(scope, receive)
         except MMEError as error:
             return await respond_json(send, *hosting_answer(error))
         await respond_json(send, 200, {"message": f"Model '{name}' loaded."})
 
-    async def _load_request(self, scope, receive) -> str:
+    async def _load_request(self, scope: Scope, receive: Receive) -> str:
         """Load the model ``POST /models`` names; its name, or an MMEError (AlreadyLoaded, ModelTooLarge...)."""
         request = {key: values[-1] for key, values in parse_qs(scope.get("query_string", b"").decode()).items()}
         body = await read_body(receive, dict(scope["headers"]), MAX_LOAD_REQUEST_BYTES)
@@ -103,7 +105,7 @@ class HostingRoutes:
         await self.lifecycle.hosted.load(name, folder)
         return name
 
-    async def _list(self, scope, send) -> None:
+    async def _list(self, scope: Scope, send: Send) -> None:
         query = {key: values[-1] for key, values in parse_qs(scope.get("query_string", b"").decode()).items()}
         try:
             limit = max(1, min(1000, int(query.get("limit", PAGE_SIZE))))

@@ -26,6 +26,7 @@ import numpy as np
 from mlserver import MLModel
 from mlserver.codecs import NumpyRequestCodec
 from mlserver.errors import MLServerError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import mlserver_internals
 from ..artifacts.repository import MMERepository
@@ -93,7 +94,7 @@ class SageMakerMiddleware:
     when one is set.
     """
 
-    def __init__(self, app, lifecycle: ModelLifecycle, settings: MMESettings):
+    def __init__(self, app: ASGIApp, lifecycle: ModelLifecycle, settings: MMESettings):
         self.app = app
         self.lifecycle = lifecycle
         self.settings = settings
@@ -109,7 +110,7 @@ class SageMakerMiddleware:
         if settings.sagemaker_multi_model:
             self.hosting = HostingRoutes(lifecycle, comma_list(settings.hosting_roots), self.invoke)
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path, method = scope["path"], scope["method"]
             if method == "POST" and (
@@ -129,7 +130,7 @@ class SageMakerMiddleware:
                 return await self._index_with_targets(scope, receive, send)
         await self.app(scope, receive, send)
 
-    async def _index_with_targets(self, scope, receive, send) -> None:
+    async def _index_with_targets(self, scope: Scope, receive: Receive, send: Send) -> None:
         """MLServer's repository index, each model named by a target path also given that path.
 
         MLServer's index items have no field for it; ``target_model`` is added (V2 clients ignore
@@ -155,16 +156,16 @@ class SageMakerMiddleware:
         """Whether ``target``'s model is the lifecycle's now (loading, loaded or unloading)."""
         return target is not None and self.lifecycle.models.get(v2_name(target)) is not None
 
-    def _is_front_check(self, scope) -> bool:
+    def _is_front_check(self, scope: Scope) -> bool:
         """A health check of this start's own front (``mlserver-mme serve``): it knows the shard check."""
         presented = dict(scope["headers"]).get(b"x-mme-shard-check", b"")
         return bool(self.shard_check) and hmac.compare_digest(presented, self.shard_check)
 
-    def _is_admin(self, scope) -> bool:
+    def _is_admin(self, scope: Scope) -> bool:
         presented = dict(scope["headers"]).get(b"authorization", b"")
         return self.admin_token is not None and hmac.compare_digest(presented, b"Bearer " + self.admin_token)
 
-    async def invoke(self, scope, receive, send, hosted_model: Optional[str] = None) -> None:
+    async def invoke(self, scope: Scope, receive: Receive, send: Send, hosted_model: Optional[str] = None) -> None:
         """Answer an invocation: of the target model, or of ``hosted_model`` (hosting contract)."""
         request_id = new_request_id()
         answer = sagemaker_answer if hosted_model is None else hosting_answer

@@ -39,6 +39,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import MMESettings
 from ..errors import HeadersTooLarge, InvalidRequest, MMEError, RequestTooLarge, v2_answer
@@ -292,14 +293,14 @@ def _as_bytes(element) -> bytes:
 class V2CompatMiddleware:
     """ASGI middleware: binary tensor data and an empty index body for MLServer's V2 REST API."""
 
-    def __init__(self, app, settings: MMESettings):
+    def __init__(self, app: ASGIApp, settings: MMESettings):
         self.app = app
         self.body_limit = settings.max_payload_bytes
         self.header_limit = settings.max_header_bytes
         self.body_seconds = settings.body_timeout
         self.pool = BatchPool()
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         send = _retry_after_on_503(send)
@@ -328,7 +329,7 @@ class V2CompatMiddleware:
             scope = _with_json_body(scope, body, keep_accept_encoding=True)
         await self.app(scope, _replaying([body], receive), send)
 
-    async def _infer(self, scope, headers: dict, body: bytes, receive, send) -> None:
+    async def _infer(self, scope: Scope, headers: dict, body: bytes, receive: Receive, send: Send) -> None:
         declared = headers.get(HEADER_LENGTH)
         if declared is None:
             return await self._json_infer(scope, body, receive, send)
@@ -345,7 +346,7 @@ class V2CompatMiddleware:
         scope = _with_json_body(scope, payload, keep_accept_encoding=choice is None)
         await self._forward(scope, [payload], receive, send, choice)
 
-    async def _json_infer(self, scope, body: bytes, receive, send) -> None:
+    async def _json_infer(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         """A JSON request, passed on untouched; looked at only to see whether it wants binary outputs."""
         choice = None
         if b'"binary_data' in body:  # a cheap test first: most JSON clients never ask
@@ -359,7 +360,9 @@ class V2CompatMiddleware:
             scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"accept-encoding"]}
         await self._forward(scope, [body], receive, send, choice)
 
-    async def _forward(self, scope, chunks, receive, send, choice: Optional[BinaryChoice]) -> None:
+    async def _forward(
+        self, scope: Scope, chunks: List[bytes], receive: Receive, send: Send, choice: Optional[BinaryChoice]
+    ) -> None:
         receive = _replaying(chunks, receive)
         if choice is None:
             return await self.app(scope, receive, send)
@@ -398,13 +401,13 @@ def _to_json(body: bytes, header_length: int) -> Tuple[bytes, Optional[BinaryCho
         raise MalformedRequest(f"the inference header cannot be passed on: {error}") from None
 
 
-def _with_body_length(scope, body: bytes):
+def _with_body_length(scope: Scope, body: bytes) -> Scope:
     """``scope`` for ``body`` as it is now: inflated, so no Content-Encoding, and its own length."""
     headers = [(name, value) for name, value in scope["headers"] if name not in (b"content-encoding", b"content-length")]
     return {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
 
 
-def _with_json_body(scope, body: bytes, keep_accept_encoding: bool):
+def _with_json_body(scope: Scope, body: bytes, keep_accept_encoding: bool) -> Scope:
     """``scope`` with headers for a JSON body (and no compressed answer when it is to be rewritten)."""
     dropped = _JSON_HEADERS if keep_accept_encoding else (*_JSON_HEADERS, b"accept-encoding")
     headers = [(name, value) for name, value in scope["headers"] if name not in dropped]
@@ -412,12 +415,12 @@ def _with_json_body(scope, body: bytes, keep_accept_encoding: bool):
     return {**scope, "headers": headers}
 
 
-def _replaying(chunks: list, receive):
+def _replaying(chunks: List[bytes], receive: Receive) -> Receive:
     """A ``receive`` giving back the body already read, then the client's own messages (a disconnect)."""
     messages = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks]
     messages[-1]["more_body"] = False
 
-    async def replay():
+    async def replay() -> Message:
         if messages:
             return messages.pop(0)
         return await receive()
@@ -425,10 +428,10 @@ def _replaying(chunks: list, receive):
     return replay
 
 
-def _retry_after_on_503(send):
+def _retry_after_on_503(send: Send) -> Send:
     """``send`` adding ``Retry-After: 1`` to a 503 (a model still loading, or the store unreachable)."""
 
-    async def sending(message):
+    async def sending(message: Message) -> None:
         if message["type"] == "http.response.start" and message["status"] == 503:
             headers = list(message.get("headers", []))
             if not any(name.lower() == b"retry-after" for name, _ in headers):
@@ -442,5 +445,5 @@ async def _inline(function, *args):
     return function(*args)
 
 
-async def _error(send, error: MMEError) -> None:
+async def _error(send: Send, error: MMEError) -> None:
     await respond_json(send, *v2_answer(error))

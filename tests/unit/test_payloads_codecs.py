@@ -14,7 +14,7 @@ from support.recordio_writer import _field, dense_records
 
 from mlserver_mme.errors import BadPayload, UnsupportedAccept, UnsupportedContentType
 from mlserver_mme.payloads import codecs as payloads
-from mlserver_mme.payloads import recordio
+from mlserver_mme.payloads import csv_rows, json_rows, libsvm, limits, recordio, recordio_protobuf, scan
 from mlserver_mme.payloads.codecs import decode, encode, negotiate
 
 
@@ -253,7 +253,7 @@ def test_recordio_too_many_records(monkeypatch):
     assert decode(one * 3, "application/x-recordio-protobuf").shape == (3, 1)
     with pytest.raises(ValueError, match="more than 2 records"):
         recordio.decode_dense(one * 3, max_records=2)
-    monkeypatch.setattr(payloads, "MAX_ROWS", 2)
+    monkeypatch.setattr(recordio_protobuf, "MAX_ROWS", 2)
     with pytest.raises(BadPayload, match="more than 2 records"):
         decode(one * 3, "application/x-recordio-protobuf")
 
@@ -313,7 +313,7 @@ def test_npy_other_format_versions():
 
 # --- the vectorised readers give what the exact (cell by cell) readers give ------------------------
 #
-# Bodies from payloads._FAST_FROM bytes are read in C (pandas, orjson, numpy), smaller ones cell by cell;
+# Bodies from limits._FAST_FROM bytes are read in C (pandas, orjson, numpy), smaller ones cell by cell;
 # anything the vectorised reader does not take goes to the exact one. These tests force each reader with
 # the threshold and compare with the old decoders, copied below, bit for bit (NaN payloads included).
 
@@ -353,12 +353,12 @@ def old_libsvm(body: bytes) -> scipy.sparse.csr_matrix:
     )
 
 
-FAST, EXACT = 0, 1 << 62  # values of payloads._FAST_FROM: every body read vectorised, or none
+FAST, EXACT = 0, 1 << 62  # values of limits._FAST_FROM: every body read vectorised, or none
 
 
 def _outcome(body: bytes, content_type: str, monkeypatch, fast_from: int):
     """What decode answers with one reader: the matrix as bytes, or the BadPayload's message."""
-    monkeypatch.setattr(payloads, "_FAST_FROM", fast_from)
+    monkeypatch.setattr(limits, "_FAST_FROM", fast_from)
     try:
         features = decode(body, content_type)
     except BadPayload as error:
@@ -414,7 +414,7 @@ def number_corpus(seed=0, count=3000) -> list:
 def _vectorised(texts: list) -> list:
     """The spellings the vectorised readers take with this pandas: before 3.1 (float_precision="round_trip"),
     not those beyond float64's range (they go to the exact reader, which reads them as inf)."""
-    if not payloads._EXACT_FLOATS:
+    if not scan._EXACT_FLOATS:
         return texts
     return [text for text in texts if not (math.isinf(float(text)) and "inf" not in text.lower())]
 
@@ -448,10 +448,10 @@ def test_csv_spellings_read_as_before(monkeypatch, body):
 
 
 def test_csv_wide_rows_are_read_cell_by_cell(monkeypatch):
-    width = payloads._PANDAS_MAX_COLUMNS + 1
+    width = csv_rows._PANDAS_MAX_COLUMNS + 1
     body = (",".join(["1.5"] * width) + "\n").encode() * 2
     calls = []
-    monkeypatch.setattr(payloads, "_read_csv", lambda *args, **kwargs: calls.append(1))
+    monkeypatch.setattr(csv_rows, "_read_csv", lambda *args, **kwargs: calls.append(1))
     assert _outcome(body, "text/csv", monkeypatch, FAST) == _bits(np.full((2, width), 1.5))
     assert not calls
 
@@ -492,7 +492,7 @@ def test_json_spellings_read_as_before(monkeypatch, body):
 
 
 def test_json_negative_zero_integer_stays_negative(monkeypatch):
-    monkeypatch.setattr(payloads, "_FAST_FROM", FAST)
+    monkeypatch.setattr(limits, "_FAST_FROM", FAST)
     assert np.signbit(decode(b"[[-0, 0]]", "application/json")).tolist() == [[True, False]]
 
 
@@ -573,7 +573,7 @@ def test_recordio_too_many_same_layout_records():
         recordio.decode_same_layout(dense_records(np.zeros((3, 1), np.float32)), max_records=2)
 
 
-# --- large bodies: read vectorised (payloads._FAST_FROM as shipped), within bounds, as float() reads them ----
+# --- large bodies: read vectorised (limits._FAST_FROM as shipped), within bounds, as float() reads them ----
 
 
 def _home_rows(count: int) -> np.ndarray:
@@ -587,8 +587,9 @@ def _home_rows(count: int) -> np.ndarray:
 def _no_exact_reader(monkeypatch):
     def refuse(body):
         raise AssertionError("read cell by cell")
-    for name in ("_csv_exact", "_json_exact", "_libsvm_exact", "_recordio_exact"):
-        monkeypatch.setattr(payloads, name, refuse)
+    for module, name in ((csv_rows, "_csv_exact"), (json_rows, "_json_exact"), (libsvm, "_libsvm_exact"),
+                         (recordio_protobuf, "_recordio_exact")):
+        monkeypatch.setattr(module, name, refuse)
 
 
 def _about_5mb(write, rows: np.ndarray) -> Tuple[bytes, np.ndarray]:
@@ -647,7 +648,7 @@ def test_large_bodies_keep_the_bounds(monkeypatch):
     with pytest.raises(BadPayload, match="values"):
         decode(b"0:1\n" * (rows - 1) + f"{payloads.MAX_COLUMNS - 1}:1\n".encode() + b"0:1\n" * 3000, "text/libsvm")
     one = dense_records(np.zeros((1, 1), np.float32))
-    monkeypatch.setattr(payloads, "MAX_ROWS", 1000)
+    monkeypatch.setattr(recordio_protobuf, "MAX_ROWS", 1000)
     with pytest.raises(BadPayload, match="more than 1000 records"):
         decode(one * 1001, "application/x-recordio-protobuf")
 
@@ -750,7 +751,7 @@ def test_npy_in_any_byte_order_is_read_in_native_order(dtype):
     ],
 )
 def test_a_libsvm_row_naming_a_feature_twice_is_refused_by_both_readers(monkeypatch, fast_from, body, row, feature):
-    monkeypatch.setattr(payloads, "_FAST_FROM", fast_from)
+    monkeypatch.setattr(limits, "_FAST_FROM", fast_from)
     with pytest.raises(BadPayload, match=f"libsvm row {row} names feature {feature} more than once"):
         decode(body, "text/libsvm")
 

@@ -21,6 +21,7 @@ from support.recordio_writer import _field, _varint, dense_records
 from mlserver_mme.errors import BadPayload
 from mlserver_mme.naming import NotATargetPath, target_of, v2_name, validate_target
 from mlserver_mme.payloads import codecs as payloads
+from mlserver_mme.payloads import limits
 
 FUZZ = settings(
     max_examples=300,
@@ -36,19 +37,19 @@ CONTENT_TYPES = [
 ]
 
 
-EXACT_ONLY = 1 << 62  # payloads._FAST_FROM for which no body is read by the vectorised readers
+EXACT_ONLY = 1 << 62  # limits._FAST_FROM for which no body is read by the vectorised readers
 
 
 def _decode(body: bytes, content_type, fast_from: int):
-    """decode's matrix or BadPayload with payloads._FAST_FROM set (0: every body read vectorised first)."""
-    saved = payloads._FAST_FROM
-    payloads._FAST_FROM = fast_from
+    """decode's matrix or BadPayload with limits._FAST_FROM set (0: every body read vectorised first)."""
+    saved = limits._FAST_FROM
+    limits._FAST_FROM = fast_from
     try:
         return payloads.decode(body, content_type)
     except BadPayload as error:
         return error
     finally:
-        payloads._FAST_FROM = saved
+        limits._FAST_FROM = saved
 
 
 def _outcome(result):
