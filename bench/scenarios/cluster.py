@@ -213,8 +213,8 @@ def hit_ratios(s3, work, n_models, n_requests, placements=PLACEMENTS):
             log(f"hit ratio: 3 shards behind the front ({n_requests} requests)")
             rows["3 shards, room for 100 each, consistent hash"] = replay(served, served.url, trace, 100)
     if "hash-8" in placements:
-        with Served(s3, "3", folder(work, "concurrent"), max_loaded_models=300) as served:
-            log("hit ratio: 3 shards behind the front, 8 clients")
+        with Served(s3, "3", folder(work, "concurrent"), max_loaded_models=300, hash_balance_factor=150) as served:
+            log("hit ratio: 3 shards behind the front, 8 clients, bounded load at 150%")
             rows["3 shards, room for 100 each, consistent hash, 8 clients"] = replay(served, served.url, trace, 100, conc=8)
     if "hash-8-unbounded" in placements:
         with Served(s3, "3", folder(work, "unbounded"), max_loaded_models=300, hash_balance_factor=0) as served:

@@ -15,10 +15,10 @@ each model is loaded on one shard (one download, one load) and stays there:
   routes of a target outside ASCII may reach different shards.
 
 Two backends share the shards and their health checks (``track``) and place keys on
-the same ring (same server ids and weights). SageMaker routes have bounded load
-(``hash-balance-factor``, ``MLSERVER_MME_HASH_BALANCE_FACTOR``): while a shard holds
-more than that share of the average number of requests in flight, its models'
-requests go to the next shard on the ring, which loads them lazily. V2
+the same ring (same server ids and weights). SageMaker routes may have bounded load
+(``hash-balance-factor``, ``MLSERVER_MME_HASH_BALANCE_FACTOR``, off by default): while a
+shard holds more than that share of the average number of requests in flight, its
+models' requests go to the next shard on the ring, which loads them lazily. V2
 routes do not spill: a V2 repository ``load`` or ``unload`` must reach the shard
 that serves the model, and V2 calls keep to that one copy.
 Requests without a model (``/ping``, the index) go round robin.
@@ -41,8 +41,10 @@ from typing import Iterable, Tuple
 
 from .shards import Shard
 
-HASH_BALANCE_FACTOR = 150
-"""A shard takes at most this percentage of the average number of requests in flight per shard (0: no bound)."""
+HASH_BALANCE_FACTOR = 0
+"""A shard takes at most this percentage of the average number of requests in flight per shard; 0, the default,
+sets no bound: only a dead shard's models move (a bound moved 13 of 24 models to a second shard, each downloaded
+again, under two clients of batches on a busy machine: ``python -m bench shard_pressure``)."""
 
 SHARDS_PER_THREAD = 8
 """HAProxy threads: one per 8 shards. Its threads share the ring and the connection pools: on 2 cores one

@@ -41,6 +41,9 @@ SMOKE = {
     "batch": (["--megabytes", "0.2", "--durations", "0.5,1,1,1,0.5,0.2"],
               {"head_of_line", "batch_median_ms", "floor", "one_row_cpu"},
               ["batch_median_ms", "head_of_line.with.one_row_p99_ms", "floor.text/csv.server_median_ms", "one_row_cpu.ours_cpu_us"]),
+    "shard_pressure": (["--seconds", "8", "--neighbours", "2", "--batch-mb", "0.2"],
+                       {"down_transitions", "moved_targets", "extra_downloads", "requests", "failures", "seconds", "neighbours"},
+                       ["down_transitions", "moved_targets", "extra_downloads", "requests", "failures", "seconds", "neighbours"]),
     "cluster": (["--sizes", "20,40,1,0.5,0.5,0.5", "--warm-models", "3", "--placements", "hash,round-robin"],
                 {"throughput", "hot", "hit_ratio", "conc"}, ["conc", "cores"]),
     "compare": (["--skip", "mms,plain", "--duration", "0.5", "--warmup", "0.2", "--concs", "1,8", "--cold-models", "2",
@@ -52,7 +55,7 @@ SMOKE = {
 
 
 # Longest first: with two at a time, ``cluster`` runs beside all the others.
-ORDER = ["cluster", "compare", "cache", "batch", "cold_check", "cold_v2", "soak", "storm", "latency", "decode", "model_metrics"]
+ORDER = ["cluster", "compare", "cache", "batch", "shard_pressure", "cold_check", "cold_v2", "soak", "storm", "latency", "decode", "model_metrics"]
 
 
 def smoke_run(name, folder):
