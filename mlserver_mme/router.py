@@ -1,6 +1,6 @@
 """``mlserver_mme.router.SageMakerRouter``, the name ``model-settings.json`` gives MLServer: the class lives
-in ``front/sagemaker.py``."""
+in ``front/wiring.py``."""
 
-from .front.sagemaker import SageMakerRouter
+from .front.wiring import SageMakerRouter
 
 __all__ = ["SageMakerRouter"]

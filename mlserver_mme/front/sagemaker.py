@@ -9,14 +9,10 @@ the same instance V2 uses. Every failure is answered in SageMaker's error shape
 (``x-amzn-ErrorType`` header, JSON body with ``Message``), except on the hosting
 contract's invoke route (``hosting.py``), which SageMaker's front end wraps itself.
 
-``SageMakerRouter`` is the MLServer model, loaded at start-up from
-``model-settings/model-settings.json``, that sets this up (the middleware, and V2
-calls routed through the lifecycle); it must run in the main process
-(``parallel_workers: 0`` in that file).
+``wiring.SageMakerRouter`` puts this middleware in place at start-up.
 """
 
 import hmac
-import json
 import logging
 import random
 import time
@@ -28,11 +24,8 @@ from mlserver.codecs import NumpyRequestCodec
 from mlserver.errors import MLServerError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import mlserver_internals
-from ..artifacts.repository import MMERepository
 from ..config import MMESettings, comma_list
 from ..errors import (
-    GRPC_STATUSES,
     ArtifactNotFound,
     BadPayload,
     BadTargetHeader,
@@ -46,45 +39,19 @@ from ..errors import (
     sagemaker_answer,
 )
 from ..lifecycle import ModelLifecycle
-from ..lifecycle.v2 import V2Gate
-from ..naming import NotATargetPath, target_of, v2_name, validate_target
+from ..naming import NotATargetPath, v2_name, validate_target
 from ..observability.model_metrics import OTHER, model_metrics
 from ..payloads.codecs import Features, decode, encode, negotiate
 from ..runtimes.protocol import FeaturePredictor
-from .asgi import answer_of, header, headers_too_large, read_body, respond, respond_json
-from .grpc_guard import guard_repository_calls
+from .asgi import header, headers_too_large, read_body, respond, respond_json
 from .hosting import HostingRoutes
 from .offload import BatchPool, is_batch, is_big_answer, is_costly
 from .sigv4 import SigV4Verifier, configured_keys
-from .v2_compat import V2CompatMiddleware
 
 logger = logging.getLogger("mlserver.mme")
 
 MANAGEMENT_PATHS = ("/v2/repository", "/models")
 MAX_CUSTOM_ATTRIBUTES = 1024  # SageMaker's limit
-
-
-class SageMakerRouter(MLModel):
-    async def load(self) -> bool:
-        mlserver_internals.check()
-        parts = mlserver_internals.mlserver_parts()
-        repository = parts.repository
-        if not isinstance(repository, MMERepository):
-            raise RuntimeError(
-                "settings.json must set model_repository_implementation to mlserver_mme.repository.MMERepository"
-            )
-        folder_models = await repository.folder_model_names()
-        lifecycle = ModelLifecycle(parts.registry, repository, repository.settings, reserved_names=folder_models)
-        gate = V2Gate(lifecycle, folder_models, router_name=self.name)
-        mlserver_internals.route_v2_calls(parts, gate.using, gate.ready, gate.load, gate.unload, gate.refuse_stream)
-        mlserver_internals.map_grpc_statuses(GRPC_STATUSES)
-        mlserver_internals.quiet_grpc_client_errors()
-        guard_repository_calls(parts.registry, repository.settings)
-        mlserver_internals.put_in_front(parts.rest_app, V2CompatMiddleware, settings=repository.settings)
-        mlserver_internals.put_in_front(
-            parts.rest_app, SageMakerMiddleware, lifecycle=lifecycle, settings=repository.settings
-        )
-        return True
 
 
 class SageMakerMiddleware:
@@ -126,31 +93,7 @@ class SageMakerMiddleware:
                 return await respond_json(send, *sagemaker_answer(error, new_request_id()))
             if self.hosting is not None and await self.hosting(scope, receive, send):
                 return
-            if path == "/v2/repository/index" and method == "POST":
-                return await self._index_with_targets(scope, receive, send)
         await self.app(scope, receive, send)
-
-    async def _index_with_targets(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """MLServer's repository index, each model named by a target path also given that path.
-
-        MLServer's index items have no field for it; ``target_model`` is added (V2 clients ignore
-        fields they do not know).
-        """
-        # Ask for an uncompressed answer: MLServer's GZip middleware would otherwise compress it.
-        headers = [(name, value) for name, value in scope["headers"] if name != b"accept-encoding"]
-        start, body = await answer_of(self.app, {**scope, "headers": headers}, receive)
-        if start is None:
-            return
-        if start["status"] == 200:
-            items = json.loads(body)
-            for item in items:
-                try:
-                    item["target_model"] = target_of(item["name"])
-                except NotATargetPath:
-                    pass  # the router, or a model not from the prefix
-            body = json.dumps(items).encode()
-        kept = [(name, value) for name, value in start.get("headers", []) if name != b"content-length"]
-        await respond(send, start["status"], body, kept)
 
     def _known(self, target: Optional[str]) -> bool:
         """Whether ``target``'s model is the lifecycle's now (loading, loaded or unloading)."""

@@ -32,6 +32,7 @@ Otherwise, any other request, and the answer to a JSON request that asks for no
 binary output, is passed on byte for byte.
 """
 
+import json
 import re
 import struct
 import zlib
@@ -43,6 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import MMESettings
 from ..errors import HeadersTooLarge, InvalidRequest, MMEError, RequestTooLarge, v2_answer
+from ..naming import NotATargetPath, target_of
 from .asgi import answer_of, headers_too_large, read_body, respond, respond_json
 from .offload import BatchPool, is_batch
 
@@ -323,11 +325,34 @@ class V2CompatMiddleware:
         path = scope["path"]
         if path.endswith("/infer") and INFER_PATH.fullmatch(path):
             return await self._infer(scope, headers, body, receive, send)
-        if path == INDEX_PATH and not body.strip():
-            # Every field of the index request is optional: no body is an empty request.
-            body = b"{}"
-            scope = _with_json_body(scope, body, keep_accept_encoding=True)
+        if path == INDEX_PATH:
+            return await self._index(scope, body, receive, send)
         await self.app(scope, _replaying([body], receive), send)
+
+    async def _index(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        """MLServer's repository index, each model named by a target path also given that path.
+
+        MLServer's index items have no field for it; ``target_model`` is added (V2 clients ignore
+        fields they do not know). Every field of the index request is optional: no body is an empty request.
+        """
+        if not body.strip():
+            body = b"{}"
+            scope = _with_json_body(scope, body, keep_accept_encoding=False)
+        else:  # an uncompressed answer to rewrite: MLServer's GZip middleware would otherwise compress it
+            scope = {**scope, "headers": [(name, value) for name, value in scope["headers"] if name != b"accept-encoding"]}
+        start, answer = await answer_of(self.app, scope, _replaying([body], receive))
+        if start is None:
+            return
+        if start["status"] == 200:
+            items = json.loads(answer)
+            for item in items:
+                try:
+                    item["target_model"] = target_of(item["name"])
+                except NotATargetPath:
+                    pass  # the router, or a model not from the prefix
+            answer = json.dumps(items).encode()
+        kept = [(name, value) for name, value in start.get("headers", []) if name != b"content-length"]
+        await respond(send, start["status"], answer, kept)
 
     async def _infer(self, scope: Scope, headers: dict, body: bytes, receive: Receive, send: Send) -> None:
         declared = headers.get(HEADER_LENGTH)

@@ -1,0 +1,43 @@
+"""Start-up wiring: the MLServer model that puts the multi-model layer in front of MLServer.
+
+``SageMakerRouter`` is loaded at start-up from ``model-settings/model-settings.json``
+(as ``mlserver_mme.router.SageMakerRouter``); it must run in the main process
+(``parallel_workers: 0`` in that file). Its load checks the MLServer it runs in,
+makes the lifecycle over the repository, routes V2 calls (REST and gRPC) through
+it, guards the gRPC repository calls, and puts the V2 compatibility and SageMaker
+middlewares first in MLServer's REST app.
+"""
+
+from mlserver import MLModel
+
+from .. import mlserver_internals
+from ..artifacts.repository import MMERepository
+from ..errors import GRPC_STATUSES
+from ..lifecycle import ModelLifecycle
+from ..lifecycle.v2 import V2Gate
+from .grpc_guard import guard_repository_calls
+from .sagemaker import SageMakerMiddleware
+from .v2_compat import V2CompatMiddleware
+
+
+class SageMakerRouter(MLModel):
+    async def load(self) -> bool:
+        mlserver_internals.check()
+        parts = mlserver_internals.mlserver_parts()
+        repository = parts.repository
+        if not isinstance(repository, MMERepository):
+            raise RuntimeError(
+                "settings.json must set model_repository_implementation to mlserver_mme.repository.MMERepository"
+            )
+        folder_models = await repository.folder_model_names()
+        lifecycle = ModelLifecycle(parts.registry, repository, repository.settings, reserved_names=folder_models)
+        gate = V2Gate(lifecycle, folder_models, router_name=self.name)
+        mlserver_internals.route_v2_calls(parts, gate.using, gate.ready, gate.load, gate.unload, gate.refuse_stream)
+        mlserver_internals.map_grpc_statuses(GRPC_STATUSES)
+        mlserver_internals.quiet_grpc_client_errors()
+        guard_repository_calls(parts.registry, repository.settings)
+        mlserver_internals.put_in_front(parts.rest_app, V2CompatMiddleware, settings=repository.settings)
+        mlserver_internals.put_in_front(
+            parts.rest_app, SageMakerMiddleware, lifecycle=lifecycle, settings=repository.settings
+        )
+        return True
