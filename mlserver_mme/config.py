@@ -91,17 +91,18 @@ class MMESettings(BaseSettings):
 
     admin_token: Optional[str] = None
     """When set, ``/v2/repository/*`` and the hosting routes (``/models...``) need
-    ``Authorization: Bearer <token>``. A placeholder (``CHANGE-ME...``, as the Kubernetes base ships it) or a
-    value no client can send (white space or control characters, such as a file's final line break) keeps
-    those routes closed to everyone."""
+    ``Authorization: Bearer <token>``. An empty value, a placeholder (``CHANGE-ME...``, as the Kubernetes base
+    ships it) or a value no client can send (white space or control characters, such as a file's final line
+    break) keeps those routes closed to everyone."""
 
     @field_validator("admin_token")
     @classmethod
     def _unusable_token_closes(cls, token: Optional[str]) -> Optional[str]:
-        if token is None or (token.isprintable() and not any(c.isspace() for c in token)
+        if token is None or (token and token.isprintable() and not any(c.isspace() for c in token)
                              and not token.startswith("CHANGE-ME")):
             return token
-        reason = "is a placeholder" if token.startswith("CHANGE-ME") else "holds white space or control characters"
+        reason = ("is empty" if not token else "is a placeholder" if token.startswith("CHANGE-ME")
+                  else "holds white space or control characters")
         logging.getLogger("mlserver.mme").warning(
             "event=admin-token-unusable reason=MLSERVER_MME_ADMIN_TOKEN %s: the management routes stay closed", reason
         )

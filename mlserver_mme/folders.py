@@ -32,7 +32,9 @@ def private_folder(path: str, setting: str) -> str:
     ``setting`` names what set the path, for the message.
     """
     os.makedirs(path, mode=0o700, exist_ok=True)
-    info = os.stat(path)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):  # whoever made the link could point it elsewhere later
+        raise UnsafeFolder(f"{setting} ({path}) is a symbolic link: give the folder itself")
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafeFolder(f"{setting} ({path}) is not a folder")
     if info.st_uid != os.geteuid():

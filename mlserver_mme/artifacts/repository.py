@@ -32,7 +32,7 @@ from ..folders import private_folder
 from ..naming import NotATargetPath, target_of, v2_name
 from ..observability.memory import parse_size, total_memory
 from ..observability.metrics import metrics
-from ..runtimes.xgboost import check_model_file, find_model_file, warm_up_check
+from ..runtimes.xgboost import GTIL_READING, check_model_file, find_model_file, warm_up_check
 from ..threads import in_io
 from . import isolation
 from .cache import ArtifactCache
@@ -156,7 +156,9 @@ class MMERepository(SchemalessModelRepository):
         declared = self._declared(target, folder)
         template = self._xgboost_template if declared is None else _validated(declared, target)
         found = checked or {}
-        proven = {"gtil_exact": found["gtil"]} if isinstance(found.get("gtil"), bool) else {}
+        proven = {}
+        if isinstance(found.get("gtil"), bool) and found.get("gtil_reading") == GTIL_READING:
+            proven["gtil_exact"] = found["gtil"]
         if isinstance(found.get("visits_per_row"), int):
             proven["visits_per_row"] = found["visits_per_row"]
         return _described(

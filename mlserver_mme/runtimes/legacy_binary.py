@@ -123,7 +123,7 @@ def to_ubjson(data: bytes) -> Tuple[bytes, Dict[str, Any]]:
     values = to_json_model(data, as_arrays=True)
     try:
         return ubjson.dumps(values), values
-    except (TypeError, KeyError, AttributeError, struct.error) as error:  # a value the objective's saved configuration held
+    except (TypeError, KeyError, AttributeError, ValueError, OverflowError, RecursionError, struct.error) as error:  # a value the objective's saved configuration held
         raise LegacyFormatError(f"it holds a value XGBoost's models do not: {error}") from None
 
 

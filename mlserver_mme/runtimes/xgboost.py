@@ -31,6 +31,9 @@ MAX_GTIL_MODEL_BYTES = 16 * 1024 * 1024
 # GTIL's per-row cost is about 5x XGBoost's: it wins on the per-call overhead of small requests only
 # (1 row: 30 against 140 us; 100 rows: 210 against 170 us).
 GTIL_MAX_ROWS = 64
+# What a check's "gtil" verdict was proven on: a load takes it only from a check that proved the same reading
+# (an artifact checked by an earlier release, whose GTIL read XGBoost's booster instead, is probed again).
+GTIL_READING = "treelite-file-reading"
 MAX_CATEGORY = 1 << 24  # XGBoost's own bound: a category must be exact as a float32
 
 
@@ -152,6 +155,7 @@ def check_model_file(path: str, allow_pickle: bool) -> dict:
     )
     return {
         "format": source.kind, "saved_by": source.saved_by, "compared_with": second_reader, "gtil": exact,
+        "gtil_reading": GTIL_READING,
         "visits_per_row": visits, "warm": warm,
     }
 
@@ -252,7 +256,7 @@ def _predict(
     if features.shape[1] < num_features:
         features.resize((features.shape[0], num_features))  # libsvm: trailing features absent
     try:
-        if gtil is not None and features.shape[0] <= GTIL_MAX_ROWS:
+        if gtil is not None and 0 < features.shape[0] <= GTIL_MAX_ROWS:  # no rows: XGBoost answers no values
             return gtil(features)
         return batch(features)
     except (xgb.core.XGBoostError, treelite.TreeliteError) as error:

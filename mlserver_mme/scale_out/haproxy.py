@@ -23,8 +23,9 @@ routes do not spill: a V2 repository ``load`` or ``unload`` must reach the shard
 that serves the model, and V2 calls keep to that one copy.
 Requests without a model (``/ping``, the index) go round robin.
 
-Faults: each shard's ``/ping`` is checked every second, with a check value that
-only this start's shards answer (with another value, ``MMESettings.shard_check``).
+Faults: each shard's ``/ping`` is checked every second, with a check value of its
+own that only it answers, with another value of its own (``shard_check``,
+``MMESettings.shard_check``).
 A connection error marks it down at once (3 failed checks a quarter of a second
 apart, or one failed connection of a request), a late answer only after 3 checks
 of ``CHECK_TIMEOUT_SECONDS`` each: slowness is not death; a request whose connection fails or whose shard closes
@@ -35,9 +36,13 @@ The metrics port serves HAProxy's own Prometheus exporter on ``/metrics`` and ea
 shard's MLServer metrics on ``/shards/<i>/metrics``.
 """
 
+import base64
+import hashlib
+import hmac
 import math
 import re
-from typing import Iterable, Tuple
+import secrets
+from typing import Iterable, List, Tuple
 
 from .shards import Shard
 
@@ -57,7 +62,27 @@ TARGET_HEADER = "X-Amzn-SageMaker-Target-Model"
 CHECK_TIMEOUT_SECONDS = 10
 """How long a health check waits for its answer: 3 late answers in a row (30 s) mark a shard down."""
 
-SHARD_CHECK_VALUE = re.compile(r"[A-Za-z0-9_-]{16,}")  # secrets.token_urlsafe's letters: nothing HAProxy parses
+SHARD_CHECK_KEY = re.compile(r"[A-Za-z0-9]{32,}")  # base64 without "+", "/" or "=": nothing HAProxy parses
+
+
+def new_shard_check_keys() -> Tuple[str, str]:
+    """Two keys made at each start: one makes each shard's check value, the other its answer (``shard_check``)."""
+    keys: List[str] = []
+    while len(keys) < 2:
+        key = base64.b64encode(secrets.token_bytes(24)).decode()
+        if SHARD_CHECK_KEY.fullmatch(key):
+            keys.append(key)
+    return keys[0], keys[1]
+
+
+def shard_check(keys: Tuple[str, str], shard_name: str) -> Tuple[str, str]:
+    """The (check, answer) pair of one shard: HMAC-SHA256 of its name under each key, in base64, as HAProxy's
+    ``hmac`` and ``base64`` converters compute them. A process on one shard's port learns that shard's check
+    only, which no other shard answers, and no answer."""
+    return tuple(  # type: ignore[return-value]
+        base64.b64encode(hmac.new(base64.b64decode(key), shard_name.encode(), hashlib.sha256).digest()).decode()
+        for key in keys
+    )
 
 
 # The target a V2 path names (naming.py's rule read backwards), as txn.key; txn.name is set when the path is
@@ -73,12 +98,12 @@ V2_KEY_RULES = """\
 
 
 def render(shards: Iterable[Shard], host: str, http_port: int, metrics_port: int,
-           balance_factor: int = HASH_BALANCE_FACTOR, shard_check: Tuple[str, str] = ("", "")) -> str:
-    """HAProxy's configuration; ``shard_check`` is this start's (check, answer) pair (``MMESettings.shard_check``):
-    a shard is up only while its ``/ping`` answers the check with the answer."""
-    check, answer = shard_check
-    if not (SHARD_CHECK_VALUE.fullmatch(check) and SHARD_CHECK_VALUE.fullmatch(answer)):
-        raise ValueError("the shard check and its answer must be 16 or more letters, digits, '-' or '_'")
+           balance_factor: int = HASH_BALANCE_FACTOR, check_keys: Tuple[str, str] = ("", "")) -> str:
+    """HAProxy's configuration; ``check_keys`` are this start's (``new_shard_check_keys``): a shard is up only
+    while its ``/ping`` answers its own check value with its own answer (``shard_check``)."""
+    check_key, answer_key = check_keys
+    if not (SHARD_CHECK_KEY.fullmatch(check_key) and SHARD_CHECK_KEY.fullmatch(answer_key)):
+        raise ValueError("the shard check keys must be 32 or more letters and digits")
     shards = list(shards)
     threads = math.ceil(len(shards) / SHARDS_PER_THREAD)
     bounded_load = f"\n    hash-balance-factor {balance_factor}" if balance_factor else ""
@@ -139,8 +164,9 @@ backend sagemaker
     hash-type consistent{bounded_load}
     # Only this start's own shards are ever up: a process that took a shard's port does not know the answer.
     option httpchk
-    http-check send meth GET uri /ping hdr X-MME-Shard-Check {check}
-    http-check expect hdr name X-MME-Shard-Answer value {answer}
+    # Each shard's own values: HMAC-SHA256 of its name under this start's keys (shard_check() computes the same).
+    http-check send meth GET uri /ping hdr X-MME-Shard-Check "%[srv_name,hmac(sha256,{check_key}),base64]"
+    http-check expect hdr name X-MME-Shard-Answer value-lf "%[srv_name,hmac(sha256,{answer_key}),base64]"
     default-server check inter 1s fastinter 250ms downinter 250ms fall 3 rise 1 observe layer4 error-limit 1 on-error mark-down
 {ring}
 

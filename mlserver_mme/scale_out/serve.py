@@ -20,13 +20,12 @@ import argparse
 import json
 import os
 import re
-import secrets
 import shlex
 import shutil
 import socket
 import sys
 import time
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from ..config import load_settings
 from ..folders import UnsafeFolder, private_folder, write_private_file
@@ -138,10 +137,10 @@ def run_sharded(folder: str, settings, count: int, mlserver: str, print_config: 
             raise ServeError(f"{name} holds a character that is not printable: {value[:100]!r}")
     shards = plan(count, settings, base_port)
     run_dir = os.path.join(os.path.abspath(settings.cache_dir), "serve")
-    # new at each start: what a shard's health answer must carry (see MMESettings.shard_check)
-    shard_check = (secrets.token_urlsafe(24), secrets.token_urlsafe(24))
-    haproxy_cfg = haproxy.render(shards, front_host, front_port, metrics_port, balance_factor, shard_check)
-    supervisord_conf = render_supervisord(shards, folder, run_dir, mlserver, haproxy_binary, shard_check)
+    # new at each start: what each shard's health answer must carry (see MMESettings.shard_check)
+    check_keys = haproxy.new_shard_check_keys()
+    haproxy_cfg = haproxy.render(shards, front_host, front_port, metrics_port, balance_factor, check_keys)
+    supervisord_conf = render_supervisord(shards, folder, run_dir, mlserver, haproxy_binary, check_keys)
     if print_config:
         print(f"# {run_dir}/haproxy.cfg\n{haproxy_cfg}\n# {run_dir}/supervisord.conf\n{supervisord_conf}")
         return
@@ -202,14 +201,14 @@ def busy_ports(wanted: List[Tuple[str, int, str]]) -> List[str]:
 
 
 def render_supervisord(shards, folder: str, run_dir: str, mlserver: str, haproxy_binary: str,
-                       shard_check: Tuple[str, str] = ("", "")) -> str:
+                       check_keys: Optional[Tuple[str, str]] = None) -> str:
     """supervisord's configuration: the shards in one group (stopped together), HAProxy stopped before them.
 
-    ``shard_check`` goes to the shards in their environment (supervisord's ``environment``, not their
-    command line, which other users can read)."""
+    Each shard's ``haproxy.shard_check`` values under ``check_keys`` go to it in its environment (supervisord's
+    ``environment``, not its command line, which other users can read)."""
     env = shutil.which("env") or "/usr/bin/env"
     haproxy_command = _command([
-        sys.executable, "-m", "mlserver_mme.scale_out.serve", "start-front",
+        sys.executable, "-I", "-m", "mlserver_mme.scale_out.serve", "start-front",
         "--ports", ",".join(str(s.http_port) for s in shards), "--",
         haproxy_binary, "-db", "-f", os.path.join(run_dir, "haproxy.cfg"),
     ])
@@ -229,6 +228,8 @@ nocleanup=true
 ; Stopped first (higher priority): SIGUSR1 is HAProxy's soft stop, which lets requests in flight finish.
 [program:haproxy]
 command={haproxy_command}
+; every program runs in the private run folder: nothing is imported from where serve was started
+directory={_escape(run_dir)}
 priority=200
 stopsignal=USR1
 stopwaitsecs={STOP_SECONDS + 5}
@@ -240,11 +241,13 @@ priority=100
     ]
     for shard in shards:
         command = _command([env, *(f"{key}={value}" for key, value in shard.env.items()), mlserver, "start", folder])
-        check_env = f'MLSERVER_MME_SHARD_CHECK="{shard_check[0]}",MLSERVER_MME_SHARD_ANSWER="{shard_check[1]}"'
+        check, answer = haproxy.shard_check(check_keys, shard.name) if check_keys else ("", "")
+        check_env = f'MLSERVER_MME_SHARD_CHECK="{check}",MLSERVER_MME_SHARD_ANSWER="{answer}"'
         sections.append(
             f"""
 [program:{shard.name}]
 command={command}
+directory={_escape(run_dir)}
 environment={check_env}
 ; MLServer drains on SIGTERM; the group also holds its fork server
 stopsignal=TERM

@@ -3,8 +3,9 @@
 - The cache and run folders are the server's own: made 0700, refused when another user owns them or may write
   in them, the generated configuration written through new files that must not exist.
 - `mlserver-mme serve` refuses ports another process listens on, naming the first.
-- HAProxy puts a shard up only when its `/ping` answers this start's check with this start's answer: a process
-  that took a shard's port (answering 200 to everything, even echoing the check) is never sent a request.
+- HAProxy puts a shard up only when its `/ping` answers its own check with its own answer (HMACs of its name
+  under this start's keys): a process that took a shard's port (answering 200 to everything, echoing the check,
+  or another shard's answer) is never sent a request.
 """
 
 import http.server
@@ -25,7 +26,8 @@ from mlserver_mme.scale_out import haproxy
 from mlserver_mme.scale_out.shards import Shard
 
 SERVE = os.path.join(os.path.dirname(sys.executable), "mlserver-mme")
-CHECK, ANSWER = "c" * 20 + "check", "a" * 20 + "answer"
+KEYS = haproxy.new_shard_check_keys()
+CHECK, ANSWER = haproxy.shard_check(KEYS, "shard-0")
 
 
 def serve(env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -123,15 +125,19 @@ def _status_of_shard(metrics_url: str):
     return checks, up
 
 
-@pytest.mark.parametrize("answer, expected_up", [(None, False), (ANSWER, True)])
-def test_only_a_shard_that_answers_this_starts_check_is_ever_up(tmp_path, answer, expected_up):
+@pytest.mark.parametrize("answer, expected_up", [
+    (None, False),  # echoes the check it is sent
+    (haproxy.shard_check(KEYS, "shard-1")[1], False),  # another shard's answer, were it to learn one
+    (ANSWER, True),  # shard-0's own: HAProxy's hmac and base64 converters compute what shard_check() does
+])
+def test_only_a_shard_that_answers_its_own_check_is_ever_up(tmp_path, answer, expected_up):
     handler = type("Impostor", (_Impostor,), {"answer": answer})
     impostor = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=impostor.serve_forever, daemon=True).start()
     port = impostor.server_address[1]
     front, metrics = free_port(), free_port()
     config = haproxy.render([Shard(0, port, port + 1, port + 2)], "127.0.0.1", front, metrics,
-                            shard_check=(CHECK, ANSWER))
+                            check_keys=KEYS)
     (tmp_path / "haproxy.cfg").write_text(config)
     binary = next(path for path in ("/usr/sbin/haproxy", "/usr/bin/haproxy", "/usr/local/sbin/haproxy")
                   if os.path.exists(path))

@@ -10,10 +10,11 @@ from mlserver_mme.config import MMESettings
     "CHANGE-ME",  # a placeholder someone could send
     "0123456789abcdef\n",  # a token file's final line break: no client can send it
     "two words",
+    "",  # an empty value (a failed command in an overlay's env file) closes, never opens
 ])
 def test_a_placeholder_or_unsendable_admin_token_keeps_the_routes_closed(token):
     configured = MMESettings(admin_token=token).admin_token
-    assert configured is not None and configured != token.strip() and len(configured) == 64
+    assert configured and configured != token.strip() and len(configured) == 64
 
 
 def test_a_real_admin_token_is_kept_and_none_stays_none():

@@ -97,3 +97,24 @@ def test_linear_models_of_several_classes_or_a_sign_pass_the_check_and_answer_as
     assert check_model_file(path, False)["compared_with"] == "a NumPy evaluation"
     served = load_booster(path, False, 1).predict(xgb.DMatrix(rows[:20]))
     assert np.array_equal(served, booster.predict(xgb.DMatrix(rows[:20])))
+
+
+def test_a_request_of_no_rows_answers_no_values_on_either_path(tmp_path, monkeypatch):
+    model = _loaded(tmp_path, monkeypatch, gtil_exact=True)
+    assert model._gtil is not None
+    assert model.predict_features(np.zeros((0, 6), dtype=np.float32)).shape == (0,)
+
+
+def test_a_gtil_verdict_is_taken_only_from_a_check_that_proved_the_same_reading(tmp_path):
+    from mlserver_mme.artifacts.repository import MMERepository
+    from mlserver_mme.runtimes.xgboost import GTIL_READING
+
+    describe = MMERepository.settings_for_folder
+    repository = MMERepository.__new__(MMERepository)  # only what settings_for_folder reads, no store or cache
+    repository.settings = type("S", (), {"allow_pickle": False, "xgboost_nthread": 1})()
+    repository.allowed_runtimes = []
+    repository._xgboost_template = ModelSettings(name="template", implementation=XGBoostModel, parameters={})
+    now = describe(repository, "m.tar.gz", str(tmp_path), "m", checked={"gtil": True, "gtil_reading": GTIL_READING})
+    earlier = describe(repository, "m.tar.gz", str(tmp_path), "m", checked={"gtil": True})  # an older release's check
+    assert now.parameters.extra["gtil_exact"] is True
+    assert "gtil_exact" not in earlier.parameters.extra  # probed again at load

@@ -10,7 +10,7 @@ KUBERNETES_CFG = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" /
 
 
 def test_both_fronts_turn_v2_names_into_targets_with_the_same_lines():
-    local = render([Shard(0, 8090, 8091, 8092)], "127.0.0.1", 8080, 8082, shard_check=("c" * 16, "a" * 16))
+    local = render([Shard(0, 8090, 8091, 8092)], "127.0.0.1", 8080, 8082, check_keys=("c" * 32, "a" * 32))
     kubernetes = KUBERNETES_CFG.read_text()
     for config in (local, kubernetes):
         assert V2_KEY_RULES in config
