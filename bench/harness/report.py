@@ -1,5 +1,6 @@
 """Reports: progress lines, the JSON of a run, and the Markdown table, targets and PNG plots of the comparison."""
 
+import importlib.util
 import json
 import math
 import os
@@ -108,6 +109,9 @@ def write_comparison(results, latencies, folder):
         lines.append(f"\nSkipped {system}: {why}")
     with open(os.path.join(folder, "results.md"), "w") as file:
         file.write("\n".join(lines) + "\n")
+    if importlib.util.find_spec("matplotlib") is None:  # the test extra has no plotting: the bench extra does
+        log("comparison.png not drawn: matplotlib is missing (pip install '.[bench]')")
+        return
     _plots(results, latencies, folder)
 
 

@@ -74,7 +74,8 @@ def test_evictions_under_load_with_bad_targets_and_bodies(prefix, start_server):
         seconds=6,
     )
     assert_only_expected(tally)
-    assert tally.count("invoke") > 100 and tally.count("bad-target") > 10, tally.statuses
+    # enough traffic overlapped (about 110-190 invocations in 6 s here, fewer on a loaded machine)
+    assert tally.count("invoke") > 50 and tally.count("bad-target") > 10, tally.statuses
     assert_registry_matches_lifecycle(server, limit=3)
 
 
