@@ -109,9 +109,10 @@ class MMESettings(BaseSettings):
         return secrets.token_hex(32)  # a token no one knows: closed, never open
 
     shard_check: Optional[str] = None
-    """Set by ``mlserver-mme serve`` per start, with ``shard_answer``: a ``/ping`` carrying
+    """Set by ``mlserver-mme serve`` for each shard at each start, with ``shard_answer``: a ``/ping`` carrying
     ``X-MME-Shard-Check: <shard_check>`` is answered with ``X-MME-Shard-Answer: <shard_answer>``, which
-    HAProxy's health check expects, so that nothing but this start's own shards is ever up behind it."""
+    HAProxy's health check of this shard expects (``scale_out.haproxy.shard_check``), so that nothing but
+    this start's own shard is ever up in its place."""
 
     shard_answer: Optional[str] = None
     """See ``shard_check``."""
