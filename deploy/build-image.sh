@@ -17,7 +17,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${WORK:-/var/tmp/mlserver-mme-image}"
 PORT="${PORT:-18080}"
 CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
-BASE=localhost/mlserver-mme-base:bookworm
+BASE=localhost/mlserver-mme-base:bookworm-slim
 IMAGE=localhost/mlserver-mme:latest
 
 for tool in podman debootstrap; do
@@ -35,6 +35,8 @@ if ! "${podman[@]}" image exists "$BASE"; then
     rm -rf "$WORK/rootfs"
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$WORK/rootfs"
   fi
+  # debootstrap leaves its package cache and apt's lists behind: not in the image's base layer
+  rm -rf "$WORK/rootfs/var/cache/apt/archives/"*.deb "$WORK/rootfs/var/cache/apt/"*.bin "$WORK/rootfs/var/lib/apt/lists/"*
   tar -C "$WORK/rootfs" -c . | "${podman[@]}" import --change 'CMD ["/bin/bash"]' - "$BASE"
 fi
 
