@@ -67,6 +67,17 @@ class MMESettings(BaseSettings):
     failure_ttl: float = 10.0
     """Seconds a failed fetch or load is remembered and answered again without retrying it."""
 
+    warm_restart: bool = True
+    """After a restart, load the models that were loaded before from the cache folder, in the background
+    (``hot-set.json`` there records them; nothing is downloaded or unloaded for them)."""
+
+    hot_set_record_seconds: float = Field(10.0, gt=0)
+    """How often the loaded models are recorded for a warm restart (when they changed)."""
+
+    reload_window: float = Field(600.0, ge=0)
+    """Seconds after the budgets unload a model within which its next load counts as a reload
+    (``mme_model_reloads_total``): the sign that the server holds too few models for its traffic."""
+
     revalidate_after: Optional[float] = None
     """Seconds after which a used model's ETag is checked again; a changed artifact is swapped in."""
 

@@ -2,15 +2,23 @@
 
 Layout under ``cache_dir``::
 
-    models/<key>/content/...   an unpacked artifact, ready to load
-    models/<key>/meta.json     its target path, prefix, ETag, and each file's size and sha256
-    partial/<random>/          work in progress; removed at start-up
+    models/<version>/content/...   an unpacked artifact, ready to load
+    models/<version>/meta.json     its target path, prefix, ETag, and each file's size and sha256
+    partial/<random>/              work in progress; removed at start-up
 
-``<key>`` is a hash of the model prefix and the target path. A model is built
-in ``partial/`` and published with one ``rename``, so a crash never leaves a
-half-unpacked model under ``models/``; deletion renames it back into
-``partial/`` first for the same reason. One fetch runs per model at a time, in
-a thread (single flight): concurrent callers wait for the same result.
+``<version>`` is a hash of the model prefix and the target path, one of the
+ETag, and a random part: every download is published in a folder of its own,
+never over another. A model is built in ``partial/`` and published with one
+``rename``, so a crash never leaves a half-unpacked model under ``models/``;
+deletion renames it back into ``partial/`` first for the same reason. One fetch
+runs per model at a time, in a thread (single flight): concurrent callers wait
+for the same result.
+
+When a new version of a target is published (an overwrite in the store), the
+one it replaces is *retired*, not deleted: a load may be reading it, or a loaded
+model may still be the one it holds. ``drop_retired`` deletes retired versions
+once the lifecycle says nothing uses them; at start-up, only the newest version
+of each target is kept.
 
 Before an artifact is published, ``check`` (the repository's) may refuse it: a
 refused artifact never reaches ``models/``, so whatever is there was checked.
@@ -25,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -89,6 +98,7 @@ class ArtifactCache:
         self._bytes_on_disk = 0  # sum of _on_disk's unpacked_bytes, kept as entries come and go
         self._verified: set = set()  # ETag checked against the store by this process
         self._fetches = SingleFlight()  # by target
+        self._retired: Dict[str, LocalArtifact] = {}  # folder -> a replaced version, deleted once unused
 
     def open(self) -> None:
         """Start-up: delete what interrupted fetches left, index what earlier runs unpacked."""
@@ -101,15 +111,27 @@ class ArtifactCache:
                 found.append((os.path.getmtime(os.path.join(self.models_dir, key, "meta.json")), artifact))
         for _, artifact in sorted(found, key=lambda pair: pair[0]):
             self._index(artifact)
+        for folder in list(self._retired):  # older versions an earlier run left: nothing uses them yet
+            self._delete_retired(folder)
         if found:
-            logger.info("event=cache-index artifacts=%d bytes=%d", len(found), self.disk_bytes())
+            logger.info("event=cache-index artifacts=%d bytes=%d", len(self._on_disk), self.disk_bytes())
+
+    def on_disk(self, target: str) -> Optional[LocalArtifact]:
+        """The newest version of ``target`` on disk, if any (as indexed; not checked)."""
+        return self._on_disk.get(target)
 
     def disk_bytes(self) -> int:
         return self._bytes_on_disk
 
     def _index(self, artifact: LocalArtifact) -> None:
-        """Record ``artifact`` as the most recently used one on disk."""
-        self._unindex(artifact.target)
+        """Record ``artifact`` as the most recently used one on disk; a version it replaces is retired."""
+        replaced = self._on_disk.get(artifact.target)
+        if replaced is not None and replaced.folder != artifact.folder:
+            self._on_disk.pop(artifact.target)
+            self._retired[os.path.dirname(replaced.folder)] = replaced  # its bytes stay counted until deleted
+            logger.info("event=version-retired model=%s etag=%s", replaced.target, replaced.etag)
+        else:
+            self._unindex(artifact.target)
         self._on_disk[artifact.target] = artifact
         self._bytes_on_disk += artifact.unpacked_bytes
         metrics().disk_bytes.set(self._bytes_on_disk)
@@ -121,13 +143,33 @@ class ArtifactCache:
             metrics().disk_bytes.set(self._bytes_on_disk)
         return artifact
 
-    async def fetch(self, target: str, revalidate: bool = False) -> LocalArtifact:
-        """The unpacked artifact of ``target``; with ``revalidate``, its ETag is checked again first."""
+    def has_retired(self) -> bool:
+        return bool(self._retired)
+
+    async def drop_retired(self, in_use: Callable[[LocalArtifact], bool]) -> None:
+        """Delete the retired versions that are not ``in_use`` (being loaded, or held by a loaded model)."""
+        for folder, artifact in list(self._retired.items()):
+            if folder in self._retired and not in_use(artifact):
+                await in_io(self._delete_retired, folder)
+
+    def _delete_retired(self, folder: str) -> None:
+        artifact = self._retired.pop(folder)
+        self._bytes_on_disk -= artifact.unpacked_bytes
+        metrics().disk_bytes.set(self._bytes_on_disk)
+        self._delete(folder)
+        logger.info("event=version-deleted model=%s etag=%s", artifact.target, artifact.etag)
+
+    async def fetch(self, target: str, revalidate: bool = False, unverified: bool = False) -> LocalArtifact:
+        """The unpacked artifact of ``target``; with ``revalidate``, its ETag is checked again first.
+
+        A copy on disk whose ETag this process has not checked yet is checked first (a HEAD), unless
+        ``unverified``: a warm restart loads it at once and has its ETag checked right after.
+        """
         known = self._on_disk.get(target)
-        if known is not None and target in self._verified and not revalidate:
+        if known is not None and (target in self._verified or unverified) and not revalidate:
             # the files are read again at each load: they must still be what was checked (hashing them costs
             # about 2 ms per MB, a fraction of the load's own reading and parsing)
-            if await in_io(_intact, os.path.join(self.models_dir, self._key(target))):
+            if await in_io(_intact, os.path.dirname(known.folder)):
                 self._on_disk.move_to_end(target)
                 return known
             logger.warning("event=cache-damaged model=%s (fetched again)", target)
@@ -153,8 +195,11 @@ class ArtifactCache:
             metrics().evictions.labels(reason="disk").inc()
             logger.info("event=evict reason=disk model=%s bytes=%d", victim, artifact.unpacked_bytes)
 
-    def _key(self, target: str) -> str:
-        return hashlib.sha256(f"{self.prefix}\0{target}".encode()).hexdigest()[:32]
+    def _version_folder(self, target: str, etag: str) -> str:
+        """A new folder name for a version of ``target``: one per download, so no publish replaces another."""
+        key = hashlib.sha256(f"{self.prefix}\0{target}".encode()).hexdigest()[:32]
+        version = hashlib.sha256(etag.encode()).hexdigest()[:12]
+        return os.path.join(self.models_dir, f"{key}-{version}-{secrets.token_hex(4)}")
 
     async def _fetch(self, target: str, known: Optional[LocalArtifact]) -> LocalArtifact:
         """``known`` if it is current and intact, else a fresh download, unpacked, checked and published."""
@@ -171,7 +216,7 @@ class ArtifactCache:
     def _reuse_or_download(self, target: str, known: Optional[LocalArtifact]):
         try:
             if known is not None and self.store.head(target).etag == known.etag:
-                if _intact(os.path.join(self.models_dir, self._key(target))):
+                if _intact(os.path.dirname(known.folder)):
                     return known
                 logger.warning("event=cache-damaged model=%s (fetched again)", target)
             return self._download(target)
@@ -217,8 +262,8 @@ class ArtifactCache:
         with open(os.path.join(download.work, "meta.json"), "w") as meta:
             json.dump({"target": target, "prefix": self.prefix, "etag": info.etag, "size": info.size,
                        "unpacked": unpacked, "files": files, "checked": checked}, meta)
-        final = os.path.join(self.models_dir, self._key(target))
-        self._publish(download.work, final)
+        final = self._version_folder(target, info.etag)
+        os.rename(download.work, final)
         metrics().downloading.observe(download.download_seconds)
         metrics().unpacking.observe(download.unpack_seconds)
         metrics().downloaded_bytes.inc(info.size)
@@ -227,12 +272,6 @@ class ArtifactCache:
             target, info.size, unpacked, download.download_seconds * 1e3, download.unpack_seconds * 1e3,
         )
         return LocalArtifact(target, os.path.join(final, "content"), info.etag, unpacked, checked)
-
-    def _publish(self, work: str, final: str) -> None:
-        if os.path.exists(final):
-            # rename cannot replace a non-empty folder: move the old version out first
-            self._delete(final)
-        os.rename(work, final)
 
     def _delete(self, folder: str) -> None:
         trash = tempfile.mkdtemp(dir=self.partial_dir)

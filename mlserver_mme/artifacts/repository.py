@@ -107,9 +107,9 @@ class MMERepository(SchemalessModelRepository):
         """The models of the folder passed to ``mlserver start``: served as MLServer serves them."""
         return [settings.name for settings in await super().list()]
 
-    async def settings_for(self, target: str) -> ModelSettings:
-        """Fetch ``target`` (once) and describe how MLServer loads it."""
-        artifact = await self.cache.fetch(target)
+    async def settings_for(self, target: str, unverified: bool = False) -> ModelSettings:
+        """Fetch ``target`` (once) and describe how MLServer loads it (``unverified``: see ``ArtifactCache.fetch``)."""
+        artifact = await self.cache.fetch(target, unverified=unverified)
         return self.settings_for_folder(
             target, artifact.folder, v2_name(target), etag=artifact.etag, checked=artifact.checked
         )

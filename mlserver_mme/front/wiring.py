@@ -31,6 +31,7 @@ class SageMakerRouter(MLModel):
             )
         folder_models = await repository.folder_model_names()
         lifecycle = ModelLifecycle(parts.registry, repository, repository.settings, reserved_names=folder_models)
+        lifecycle.hot_set.start(warm_up=repository.settings.warm_restart)
         gate = V2Gate(lifecycle, folder_models, router_name=self.name)
         mlserver_internals.route_v2_calls(parts, gate.using, gate.ready, gate.load, gate.unload, gate.refuse_stream)
         mlserver_internals.map_grpc_statuses(GRPC_STATUSES)

@@ -25,17 +25,20 @@ from typing import Awaitable, Callable, Iterable, Set
 from mlserver import MLModel
 from mlserver.settings import ModelSettings
 
+from ..artifacts.cache import LocalArtifact
 from ..config import MMESettings, preload_targets
 from ..errors import BadTargetHeader, ModelStillLoading, ModelTooLarge
 from ..naming import v2_name
 from ..observability.memory import parse_size, total_memory
 from ..observability.metrics import metrics
-from .budgets import Budgets
+from .budgets import BUDGET_REASONS, Budgets
 from .entries import Entry, ModelTable, State
+from .evictions import EvictionMemory
 from .failures import ARTIFACT_FAULTS, FailureMemory
 from .hosted import HostedModels
 from .loading import RegistryLoader
 from .revalidation import Revalidator
+from .warm_start import HotSet
 
 __all__ = ["Entry", "ModelLifecycle", "State"]
 
@@ -64,6 +67,8 @@ class ModelLifecycle:
         self.hosted = HostedModels(self)
         self.revalidator = Revalidator(self, settings.revalidate_after)
         self._tasks: Set[asyncio.Task] = set()  # loads and unloads; strong references, the loop keeps weak ones
+        self.evicted = EvictionMemory(settings.reload_window)
+        self.hot_set = HotSet(self, settings.cache_dir, settings.model_prefix, settings.hot_set_record_seconds)
         self._metrics = metrics()
 
     # -- requests ---------------------------------------------------------------------------
@@ -133,9 +138,18 @@ class ModelLifecycle:
         """Put a FETCHING entry for ``name`` in the table and start its load; ``entry.loaded`` tells the outcome."""
         entry = Entry(target, name, pinned=pinned or name in self.pinned, hosted=hosted)
         entry.loaded.add_done_callback(_retrieved)  # every waiter may have given up
+        self.evicted.count_reload(name, target)
         self.models.add(entry)
         self._keep(self._load(entry, prepare))
         return entry
+
+    def load_in_background(self, target: str) -> Entry:
+        """Start loading ``target`` for no request (a warm restart): its requests wait for this load.
+
+        The copy on disk is loaded without waiting for its ETag check, which runs once it is loaded
+        (``Revalidator.start``): an artifact overwritten while the server was down is swapped in then.
+        """
+        return self.start_load(target, v2_name(target), self._fetch_unverified)
 
     def _keep(self, operation) -> asyncio.Task:
         task = asyncio.ensure_future(operation)
@@ -145,6 +159,9 @@ class ModelLifecycle:
 
     async def _fetch(self, entry: Entry) -> ModelSettings:
         return await self.repository.settings_for(entry.target)
+
+    async def _fetch_unverified(self, entry: Entry) -> ModelSettings:
+        return await self.repository.settings_for(entry.target, unverified=True)
 
     async def _load(self, entry: Entry, prepare: Prepare) -> None:
         try:
@@ -159,6 +176,7 @@ class ModelLifecycle:
                 self.models.touch(entry)  # the newest: not a victim before its waiters use it
         except BaseException as error:
             self.models.remove(entry)
+            self.drop_unused_versions()
             if isinstance(error, ARTIFACT_FAULTS) and not entry.hosted:
                 self.failures.remember(entry.name, error)
             if isinstance(error, Exception):
@@ -171,6 +189,7 @@ class ModelLifecycle:
             raise
         self.failures.forget(entry.name)
         entry.loaded.set_result(None)
+        self.drop_unused_versions()
         logger.info("event=ready model=%s loaded=%d", entry.target, self.models.ready_count())
         try:
             await self.budgets.trim_disk()
@@ -224,8 +243,28 @@ class ModelLifecycle:
         try:
             await entry.drained()
             await self.loader.unload(entry, reason)
+            if reason in BUDGET_REASONS:
+                self.evicted.remember(entry.name)
         finally:
             self.models.remove(entry)
+            self.drop_unused_versions()
+
+    # -- artifact versions ------------------------------------------------------------------
+
+    def drop_unused_versions(self) -> None:
+        """Delete the replaced versions of artifacts (an overwrite in the store) that nothing uses any more."""
+        if self.cache.has_retired():
+            self._keep(self.cache.drop_retired(self._version_in_use))
+
+    def _version_in_use(self, artifact: LocalArtifact) -> bool:
+        """A load of its model may be reading it, or the loaded model is that version."""
+        entry = self.models.get(v2_name(artifact.target))
+        if entry is None:
+            return False
+        if entry.state in (State.FETCHING, State.LOADING) or entry.operation.locked() or entry.model is None:
+            return True
+        parameters = entry.model.settings.parameters
+        return parameters is None or parameters.uri == artifact.folder  # the loaded model's own folder
 
 
 def _retrieved(loaded: asyncio.Future) -> None:

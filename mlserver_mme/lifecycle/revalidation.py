@@ -28,13 +28,17 @@ class Revalidator:
 
     def maybe_start(self, entry: Entry) -> None:
         """Called on each use of ``entry``: start a check if it is due."""
-        if self.every is None or entry.hosted or entry.revalidating:
+        if self.every is not None and entry.last_used - entry.checked_at >= self.every:
+            self.start(entry)
+
+    def start(self, entry: Entry) -> None:
+        """Check ``entry``'s ETag now, in the background (unless a check of it is under way)."""
+        if entry.hosted or entry.revalidating:
             return
-        if entry.last_used - entry.checked_at >= self.every:
-            entry.revalidating = True
-            task = asyncio.ensure_future(self._revalidate(entry))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+        entry.revalidating = True
+        task = asyncio.ensure_future(self._revalidate(entry))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def _revalidate(self, entry: Entry) -> None:
         lifecycle = self.lifecycle
@@ -58,3 +62,4 @@ class Revalidator:
         finally:
             entry.checked_at = time.monotonic()
             entry.revalidating = False
+            lifecycle.drop_unused_versions()  # the version it replaced, once nothing holds it

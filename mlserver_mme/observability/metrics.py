@@ -16,6 +16,7 @@ and metrics made before that would not be exported.
 | ``mme_model_cache_hits_total`` / ``_misses_total`` | ModelCacheHit | requests that found their model loaded, or not |
 | ``mme_loaded_models`` | LoadedModelCount | models loaded now |
 | ``mme_evictions_total{reason}`` | | unloads for ``count``/``memory``, deletions for ``disk`` |
+| ``mme_model_reloads_total`` | | loads of a model the budgets unloaded less than ``reload_window`` seconds before: thrash |
 | ``mme_downloaded_bytes_total`` | | bytes fetched from the store |
 | ``mme_disk_bytes`` | | unpacked artifacts in the cache folder |
 | ``mme_memory_bytes`` | | measured memory (PSS) of the server and its workers |
@@ -42,6 +43,7 @@ class Metrics:
         self.misses = Counter("mme_model_cache_misses", "Requests whose model was not loaded")
         self.loaded = Gauge("mme_loaded_models", "Models loaded now")
         self.evictions = Counter("mme_evictions", "Models evicted", ["reason"])
+        self.reloads = Counter("mme_model_reloads", "Loads of a model evicted within MLSERVER_MME_RELOAD_WINDOW")
         self.downloaded_bytes = Counter("mme_downloaded_bytes", "Bytes downloaded from the model store")
         self.disk_bytes = Gauge("mme_disk_bytes", "Bytes of unpacked artifacts in the cache folder")
         self.memory_bytes = Gauge("mme_memory_bytes", "Measured memory of the server and its workers")

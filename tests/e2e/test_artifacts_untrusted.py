@@ -1,6 +1,7 @@
 """Hostile artifacts against a real server: no archive code runs, a crashing model costs only itself,
 and a damaged cached copy is fetched again."""
 
+import glob
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from support.artifacts import (
 )
 from support.clients import invoke
 from support.s3server import BUCKET
-from support.serving import call, model_error
+from support.serving import call, model_error, wait_until
 
 from mlserver_mme.observability.memory import process_tree_memory as process_memory
 
@@ -33,9 +34,12 @@ HOUSTON = EXPECTED["predictions"]["Houston_TX.tar.gz"][:1]
 
 
 def cached_content(cache_dir, prefix, target: str) -> str:
-    """Where the cache unpacks ``target``: predictable by anyone who knows the prefix."""
+    """Where the cache unpacked ``target``: its folder name starts with a hash anyone who knows the prefix
+    can compute (before the first download, the best guess an attacker has is that hash alone)."""
     key = hashlib.sha256(f"s3://{BUCKET}/{prefix.key}\0{target}".encode()).hexdigest()[:32]
-    return os.path.join(str(cache_dir), "models", key, "content")
+    versions = glob.glob(os.path.join(str(cache_dir), "models", key + "-*"))
+    assert len(versions) <= 1, versions
+    return os.path.join(versions[0] if versions else os.path.join(str(cache_dir), "models", key), "content")
 
 
 def test_code_in_an_archive_never_runs(prefix, start_server, tmp_path):
@@ -137,7 +141,10 @@ def test_a_damaged_cached_copy_is_fetched_again(prefix, start_server, tmp_path):
     assert call(second, "m.tar.gz").json() == HOUSTON
     assert prefix.gets("m.tar.gz") == 2
     assert "event=cache-damaged model=m.tar.gz" in second.log()
-    assert os.path.getsize(model_file) == len(legacy_model_bytes())
+    # the new copy is published beside the damaged one, which is deleted once nothing uses it
+    wait_until(lambda: not os.path.exists(model_file), message="the damaged copy deleted")
+    fetched_again = os.path.join(cached_content(cache, prefix, "m.tar.gz"), "xgboost-model")
+    assert os.path.getsize(fetched_again) == len(legacy_model_bytes())
 
 
 def test_a_cached_copy_swapped_while_the_server_runs_is_fetched_again_at_its_next_load(prefix, start_server, tmp_path):

@@ -31,6 +31,8 @@ from mlserver_mme.observability.memory import parse_size
 
 BASE = Path(ROOT) / "deploy" / "kubernetes"
 HAPROXY_CFG = BASE / "haproxy.cfg"
+SCALE_ON_RELOADS = BASE / "scale-on-reloads"
+ADAPTER_RULES = Path(ROOT) / "deploy" / "prometheus" / "adapter-rules.yaml"
 # The oldest Kubernetes the base is meant for, and the kubectl of the development machines.
 # kubernetes-validate bundles both (pyproject.toml pins a range of it that does).
 KUBERNETES_VERSIONS = ("1.28.0", "1.32.0")
@@ -81,14 +83,30 @@ def files():
     return [obj for path in _manifest_files() for obj in _load(path)]
 
 
-@pytest.fixture(scope="module")
-def rendered():
+def _kustomize(folder):
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
-    done = subprocess.run([kubectl, "kustomize", str(BASE)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    return _kustomize(BASE)
+
+
+@pytest.fixture(scope="module")
+def scaling_on_reloads(tmp_path_factory):
+    """The base rendered by an overlay that opts into the scale-on-reloads component."""
+    overlay = tmp_path_factory.mktemp("overlay")
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {os.path.relpath(BASE, overlay)}\n"
+        f"components:\n  - {os.path.relpath(SCALE_ON_RELOADS, overlay)}\n"
+    )
+    return _kustomize(overlay)
 
 
 @pytest.fixture(scope="module", params=["files", "rendered"])
@@ -319,6 +337,29 @@ def test_autoscaler_targets_the_servers(objects):
     assert hpa["spec"]["maxReplicas"] <= _server_template(HAPROXY_CFG.read_text())["slots"]
     (metric,) = hpa["spec"]["metrics"]
     assert metric["resource"]["name"] == "cpu"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_scale_on_reloads_component_adds_the_adapters_metric_and_changes_nothing_else(
+    scaling_on_reloads, rendered, version
+):
+    for obj in scaling_on_reloads:
+        _validate(obj, version)
+    hpa = _one(scaling_on_reloads, "HorizontalPodAutoscaler", SERVERS)
+    cpu, reloads = hpa["spec"]["metrics"]
+    assert cpu == _one(rendered, "HorizontalPodAutoscaler", SERVERS)["spec"]["metrics"][0]
+    assert reloads["type"] == "External"
+    assert reloads["external"]["target"] == {"type": "AverageValue", "averageValue": "100m"}
+    (rule,) = yaml.safe_load(ADAPTER_RULES.read_text())["externalRules"]
+    assert reloads["external"]["metric"]["name"] == rule["name"]["as"]
+    # the adapter reads the counter the servers export, by the name the exposition gives it
+    series = re.fullmatch(r"(\w+)\{.*\}", rule["seriesQuery"]).group(1)
+    assert re.fullmatch(rule["name"]["matches"], series)
+    assert series == "mme_model_reloads_total"
+    assert f"``{series}``" in open(Path(ROOT) / "mlserver_mme" / "observability" / "metrics.py").read()
+    assert rule["resources"]["overrides"]["namespace"] == {"resource": "namespace"}
+    without = [obj for obj in scaling_on_reloads if obj["kind"] != "HorizontalPodAutoscaler"]
+    assert without == [obj for obj in rendered if obj["kind"] != "HorizontalPodAutoscaler"]
 
 
 def test_disruption_budgets_cover_the_servers(objects):

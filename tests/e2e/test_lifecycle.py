@@ -1,12 +1,14 @@
 """The model cache lifecycle with a real server and S3 endpoint: one server per scenario."""
 
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from support.artifacts import EXPECTED, example_bytes, legacy_model_bytes, tar_bytes
-from support.serving import call, gated_artifact, loaded, metric, wait_until
+from support.s3server import BUCKET
+from support.serving import call, gated_artifact, loaded, metric, metrics_text, wait_until
 
 HOUSTON = EXPECTED["predictions"]["Houston_TX.tar.gz"][:1]
 CHICAGO = EXPECTED["predictions"]["Chicago_IL.tar.gz"][:1]
@@ -149,6 +151,96 @@ def test_revalidated_update_swaps_without_a_failed_request(prefix, start_server)
     assert all(answer in (HOUSTON, CHICAGO) for answer in answers)
     assert prefix.gets("m.tar.gz") == 2
     assert "event=update model=m.tar.gz" in server.log()
+
+
+def weighted_artifact(weight: int, gate, started) -> bytes:
+    """A gated model that reads its weight from its own folder once its load gate opens."""
+    extra = {"load_gate": str(gate), "load_started": str(started), "weight_file": "weight"}
+    settings = {"implementation": "gated.Gated", "parameters": {"extra": extra}}
+    return tar_bytes({"model-settings.json": json.dumps(settings).encode(), "weight": str(weight).encode()})
+
+
+def test_an_overwrite_published_while_a_reload_reads_the_old_version_leaves_it_whole(
+    prefix, start_server, s3, tmp_path
+):
+    gate, started = tmp_path / "gate", tmp_path / "load-started"
+    prefix.put("m.tar.gz", weighted_artifact(1, gate, started))
+    gate.touch()
+    server = start_server(revalidate_after=0)
+    assert call(server, "m.tar.gz", b"1,2,3\n").json() == [6.0]
+    prefix.put("m.tar.gz", weighted_artifact(2, gate, started))
+    download = s3.hold("GET", f"/{BUCKET}/{prefix.key}m.tar.gz")
+    try:
+        assert call(server, "m.tar.gz", b"1,2,3\n").json() == [6.0]  # its use starts an ETag check
+        wait_until(lambda: prefix.gets("m.tar.gz") == 2, message="the update's download started (and waits)")
+        gate.unlink()
+        started.unlink()
+        assert httpx.post(f"{server.url}/v2/repository/models/m/unload", timeout=30).status_code == 200
+        with ThreadPoolExecutor(1) as pool:
+            reload = pool.submit(call, server, "m.tar.gz", b"1,2,3\n")
+            wait_until(started.exists, message="the reload of the first version started")
+            download.set()  # the second version is published while the reload reads the first
+            wait_until(lambda: server.log().count("event=download model=m.tar.gz") == 2, message="the update published")
+            gate.touch()
+            reply = reload.result(60)
+        assert reply.status_code == 200, reply.text
+        assert reply.json() == [6.0]  # the first version, read whole
+    finally:
+        download.set()
+    # the next uses swap the second version in; the first version's folder then goes
+    wait_until(lambda: call(server, "m.tar.gz", b"1,2,3\n").json() == [12.0], message="the update swapped in")
+    wait_until(lambda: len(os.listdir(tmp_path / "cache" / "models")) == 1, message="the old version deleted")
+    assert "event=version-deleted model=m.tar.gz" in server.log()
+    assert "event=load-failed" not in server.log()
+
+
+def recorded(cache) -> list:
+    """The targets of the cache folder's record of loaded models (hot-set.json), in its order."""
+    try:
+        return [model["target"] for model in json.loads((cache / "hot-set.json").read_text())["models"]]
+    except FileNotFoundError:
+        return []
+
+
+def test_a_restart_loads_the_previous_hot_set_from_disk_in_the_background(prefix, start_server, tmp_path):
+    houston(prefix, "a", "b", "c")
+    gate, started = tmp_path / "gate", tmp_path / "load-started"
+    prefix.put("slow.tar.gz", weighted_artifact(3, gate, started))
+    gate.touch()
+    settings = {"max_loaded_models": 3, "hot_set_record_seconds": 0.1}
+    first = start_server(**settings)
+    for name in ("a", "b", "c"):
+        assert call(first, f"{name}.tar.gz").json() == HOUSTON
+    assert call(first, "slow.tar.gz", b"1,2,3\n").json() == [18.0]
+    assert loaded(first) == {"b", "c", "slow"}  # a made room for slow
+    wait_until(lambda: recorded(tmp_path / "cache") == ["slow.tar.gz", "c.tar.gz", "b.tar.gz"], message="recorded")
+    first.stop()
+    gets = {name: prefix.gets(f"{name}.tar.gz") for name in ("a", "b", "c", "slow")}
+    assert gets == {"a": 1, "b": 1, "c": 1, "slow": 1}
+    gate.unlink()
+    started.unlink()
+    prefix.put("b.tar.gz", example_bytes("Chicago_IL.tar.gz"))  # overwritten while the server was down
+
+    second = start_server(**settings)  # answers /ping while its first warm load waits at the gate
+    wait_until(started.exists, message="the warm load of the most recently used model started")
+    assert httpx.get(second.url + "/ping").status_code == 200
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(call, second, "slow.tar.gz", b"1,2,3\n")
+        gate.touch()
+        assert waiting.result(60).json() == [18.0]
+    wait_until(lambda: "event=warm-start loaded=3 skipped=0 recorded=3" in second.log(), message="the warm start")
+    assert loaded(second) == {"b", "c", "slow"}
+    # each warm-loaded model's ETag is checked once it is loaded: b's changed, so it is downloaded and swapped in
+    wait_until(lambda: "event=update model=b.tar.gz" in second.log(), message="b's new version swapped in")
+    assert call(second, "b.tar.gz").json() == CHICAGO
+    assert call(second, "c.tar.gz").json() == HOUSTON
+    text = metrics_text(second)
+    assert metric(text, "mme_model_cache_hits_total") >= 2  # b and c were loaded before their first request
+    assert metric(text, "mme_model_cache_misses_total") <= 1  # slow's request may have waited for its warm load
+    assert {name: prefix.gets(f"{name}.tar.gz") for name in gets} == gets | {"b": 2}  # only b's new version
+    assert {name: prefix.heads(f"{name}.tar.gz") for name in ("b", "c", "slow")} == {"b": 1, "c": 1, "slow": 1}
+    assert second.log().count("event=load model=slow.tar.gz") == 1
+    assert "event=load model=a.tar.gz" not in second.log()  # not recorded: it had been unloaded
 
 
 def test_preloaded_models_are_loaded_at_start_and_never_unloaded(prefix, start_server):

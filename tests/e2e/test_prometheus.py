@@ -21,6 +21,7 @@ import time
 
 import httpx
 import pytest
+import yaml
 from support.artifacts import example_bytes
 from support.mlserver_process import free_port, terminate
 from support.paths import ROOT
@@ -56,7 +57,7 @@ def documented_queries() -> dict:
             assert found[1] == "0.99", row
             queries["load time, its 0.99"] = found[0].replace("histogram_quantile(0.5,", "histogram_quantile(0.99,")
     keys = {"hit ratio": "hit", "p99 invocation": "p99", "error ratio": "errors", "median and p99": "load",
-            "load time, its 0.99": "load99", "busiest": "top"}
+            "load time, its 0.99": "load99", "busiest": "top", "reloads": "reload"}
     named = {}
     for what, query in queries.items():
         matches = [key for fragment, key in keys.items() if fragment in what]
@@ -305,6 +306,41 @@ def test_documented_queries_measure_the_traffic_sent(artifacts, prefix, start_se
         assert {r["metric"]["model"] for r in prometheus.query(queries["top"])} == set(PHASE2)
         assert len(prometheus.query(queries["load"])) == len(prometheus.query(queries["load99"])) == 1
         print("query: (Prometheus, expected)", report)
+    finally:
+        prometheus.stop()
+
+
+def adapter_query(matchers: str, group_by: str) -> str:
+    """The autoscaler's query, as prometheus-adapter makes it from deploy/prometheus/adapter-rules.yaml."""
+    (rule,) = yaml.safe_load(open(RULES + "/adapter-rules.yaml"))["externalRules"]
+    series = re.fullmatch(r"(\w+)\{.*\}", rule["seriesQuery"]).group(1)
+    template = rule["metricsQuery"]
+    return template.replace("<<.Series>>", series).replace("<<.LabelMatchers>>", matchers).replace(
+        "<<.GroupBy>>", group_by
+    )
+
+
+@needs_prometheus
+def test_reloads_are_counted_and_read_as_the_docs_and_the_autoscaler_read_them(prefix, start_server, tmp_path):
+    queries = documented_queries()
+    for target in ("a.tar.gz", "b.tar.gz"):
+        prefix.put(target, example_bytes(HOUSTON))
+    server = start_server(max_loaded_models=1)
+    prometheus = Prometheus(tmp_path, f"127.0.0.1:{server.env['MLSERVER_METRICS_PORT']}")
+    try:
+        first = prometheus.scraped_after(0)
+        assert prometheus.query("mme_model_reloads_total"), "no reload counter before any traffic"
+        for name in "ababa":
+            assert call(server, f"{name}.tar.gz").status_code == 200
+        # a and b load once each, then a, b, a each load again just after the count budget unloaded them
+        until(lambda: total(metrics_text(server), "mme_model_reloads_total") == 3, 10, "the reloads counted")
+        assert total(metrics_text(server), "mme_evictions_total") == 4
+        assert server.log().count("event=reload model=") == 3
+        at = prometheus.scraped_after(time.time())
+        documented = value(prometheus.query(windowed(queries["reload"], first, at), at))
+        assert documented * (at - first) == pytest.approx(3, rel=1e-6)
+        autoscaler = adapter_query(matchers='job="mlserver-mme"', group_by="job")
+        assert value(prometheus.query(windowed(autoscaler, first, at), at)) == pytest.approx(documented, rel=1e-9)
     finally:
         prometheus.stop()
 

@@ -10,6 +10,7 @@ from werkzeug.serving import make_server
 
 BUCKET = "models"
 PREFIX = "mme/"
+HOLD_SECONDS = 60  # a held request waits at most this long
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -40,6 +41,7 @@ class CountingS3Server:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
         self.requests = collections.Counter()  # (method, path) -> count
         self._lock = threading.Lock()
+        self._holds = {}  # (method, path) -> threading.Event that matching requests wait for
         app = DomainDispatcherApplication(create_backend_app)
         self._server = make_server("127.0.0.1", 0, self._counting(app), threaded=True, request_handler=MotoRequestHandler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -47,11 +49,22 @@ class CountingS3Server:
 
     def _counting(self, app):
         def counted(environ, start_response):
+            key = (environ["REQUEST_METHOD"], unquote(environ.get("PATH_INFO", "")))
             with self._lock:
-                self.requests[(environ["REQUEST_METHOD"], unquote(environ.get("PATH_INFO", "")))] += 1
+                self.requests[key] += 1
+                gate = self._holds.get(key)
+            if gate is not None and not gate.wait(HOLD_SECONDS):
+                raise TimeoutError(f"{key} was held for {HOLD_SECONDS} s")
             return app(environ, start_response)
 
         return counted
+
+    def hold(self, method: str, path: str) -> threading.Event:
+        """Make requests of ``method`` on ``path`` wait (once counted) until the returned event is set."""
+        gate = threading.Event()
+        with self._lock:
+            self._holds[(method, path)] = gate
+        return gate
 
     def count(self, method: str, path: str) -> int:
         with self._lock:

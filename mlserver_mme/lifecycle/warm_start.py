@@ -1,0 +1,146 @@
+"""Warm restarts: the loaded models are recorded beside the disk tier and loaded again from it after a restart.
+
+Every ``hot_set_record_seconds`` (when anything changed) the models loaded by use, most recently
+used first, with the memory each took, are written to ``<cache_dir>/hot-set.json``. A restart of the
+server, or of a shard by supervisord, starts with that record: the recorded models whose artifacts
+are still on disk are loaded in the background, two at a time, in that order, while they fit. The
+count stays under ``max_loaded_models`` and the recorded memory under ``memory_limit``. Nothing is
+unloaded to make room for them, and nothing is downloaded for them. Each is loaded from disk at
+once (its files' digests checked, as at every load from disk) and its ETag is checked right after
+(a HEAD): a model overwritten in the store while the server was down is downloaded then and
+swapped in, as an update (``revalidation.py``).
+
+``/ping`` answers at once; a request for a model whose warm load is under way waits for that load,
+as for any other (one load per model), and a request for any other model is not held up by them.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, List, Optional, Set
+
+from ..folders import write_private_file
+from ..naming import v2_name
+from ..observability.memory import process_tree_memory
+from ..threads import in_io
+from .entries import State
+
+if TYPE_CHECKING:
+    from . import ModelLifecycle
+
+logger = logging.getLogger("mlserver.mme")
+
+FILE_NAME = "hot-set.json"
+MAX_RECORDED = 10_000  # models; a record stays a few hundred KB at most
+LOADS_AT_ONCE = 2  # a HEAD, a read from disk and a parse each: two keep a core busy
+
+
+class HotSet:
+    def __init__(self, lifecycle: "ModelLifecycle", cache_dir: str, prefix: str, record_seconds: float):
+        self.lifecycle = lifecycle
+        self.path = os.path.join(cache_dir, FILE_NAME)
+        self.prefix = prefix
+        self.record_seconds = record_seconds
+        self._recorded: Optional[list] = None  # what the file holds, as last written or read
+        self._tasks: Set[asyncio.Task] = set()  # strong references: the loop keeps weak ones
+
+    def start(self, warm_up: bool) -> None:
+        """Start recording; with ``warm_up``, load the previous record's models first (in the background)."""
+        for work in ((self._warm_up_then_record(),) if warm_up else (self._record_every(),)):
+            task = asyncio.ensure_future(work)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def loaded_now(self) -> List[dict]:
+        """The models loaded by use (not pinned, not hosted), most recently used first."""
+        entries = [e for e in self.lifecycle.models if e.state is State.READY and not e.pinned and not e.hosted]
+        entries.sort(key=lambda e: e.last_used, reverse=True)
+        return [{"target": e.target, "memory_bytes": e.memory_bytes} for e in entries[:MAX_RECORDED]]
+
+    async def record(self) -> None:
+        """Write the loaded models to the record, if they changed since it was written."""
+        models = self.loaded_now()
+        if models == self._recorded:
+            return
+        text = json.dumps({"prefix": self.prefix, "recorded_at": time.time(), "models": models})
+        await in_io(write_private_file, self.path, text)
+        self._recorded = models
+
+    async def _record_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.record_seconds)
+            try:
+                await self.record()
+            except Exception:
+                logger.exception("event=hot-set-record-failed path=%s", self.path)
+
+    async def _warm_up_then_record(self) -> None:
+        try:
+            await self.warm_up(await in_io(self._read))
+        except Exception:
+            logger.exception("event=warm-start-failed")
+        await self._record_every()
+
+    def _read(self) -> List[dict]:
+        try:
+            with open(self.path) as file:
+                record = json.load(file)
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as error:
+            logger.warning("event=hot-set-unreadable path=%s error=%s", self.path, error)
+            return []
+        if not isinstance(record, dict) or record.get("prefix") != self.prefix:
+            return []  # another prefix's models, or not a record
+        models = record.get("models")
+        if not isinstance(models, list):
+            return []
+        self._recorded = models
+        return [m for m in models if isinstance(m, dict) and isinstance(m.get("target"), str)]
+
+    async def warm_up(self, models: List[dict]) -> None:
+        """Load ``models`` (a record), in order, while they fit and their artifacts are on disk."""
+        lifecycle = self.lifecycle
+        started, outcomes = time.perf_counter(), {"loaded": 0, "skipped": 0}
+        limit, count = lifecycle.memory_limit, lifecycle.budgets.max_loaded_models
+        used = [process_tree_memory() if limit is not None else 0]
+        queue = iter(models)
+        full = False
+
+        async def loader() -> None:
+            nonlocal full
+            for model in queue:  # shared by the loaders: each model is taken once
+                target = model["target"]
+                name = v2_name(target)
+                recorded = model.get("memory_bytes")
+                memory = recorded if isinstance(recorded, int) else 0
+                # every model the lifecycle holds counts, loads under way included: nothing is unloaded for these
+                if (count is not None and sum(not e.pinned for e in lifecycle.models) >= count) or (
+                    limit is not None and used[0] + memory > limit
+                ):
+                    full = True
+                if full:
+                    return
+                if lifecycle.models.get(name) is not None or lifecycle.cache.on_disk(target) is None:
+                    outcomes["skipped"] += 1  # loaded by a request already, or not on disk (no download here)
+                    continue
+                used[0] += memory
+                entry = lifecycle.load_in_background(target)
+                await asyncio.wait((entry.loaded,))
+                if entry.loaded.cancelled() or entry.loaded.exception() is not None:
+                    outcomes["skipped"] += 1
+                    continue
+                outcomes["loaded"] += 1
+                lifecycle.revalidator.start(entry)  # its ETag, unchecked so far: swapped in if it changed
+                if limit is not None:
+                    used[0] = process_tree_memory()
+                logger.info("event=warm-load model=%s", target)
+
+        await asyncio.gather(*(loader() for _ in range(LOADS_AT_ONCE)))
+        if models:
+            logger.info(
+                "event=warm-start loaded=%d skipped=%d recorded=%d seconds=%.2f",
+                outcomes["loaded"], outcomes["skipped"], len(models), time.perf_counter() - started,
+            )
