@@ -44,6 +44,8 @@ SMOKE = {
     "shard_pressure": (["--seconds", "8", "--neighbours", "2", "--batch-mb", "0.2"],
                        {"down_transitions", "moved_targets", "extra_downloads", "requests", "failures", "seconds", "neighbours"},
                        ["down_transitions", "moved_targets", "extra_downloads", "requests", "failures", "seconds", "neighbours"]),
+    "warm_restart": (["--models", "6", "--seconds", "3", "--before", "40"], {"without", "warm", "cold_ratio"},
+                     ["without.cold_first_requests", "warm.cold_first_requests", "warm.s3_gets_after_restart", "cold_ratio"]),
     "cluster": (["--sizes", "20,40,1,0.5,0.5,0.5", "--warm-models", "3", "--placements", "hash,round-robin"],
                 {"throughput", "hot", "hit_ratio", "conc"}, ["conc", "cores"]),
     "compare": (["--skip", "mms,plain", "--duration", "0.5", "--warmup", "0.2", "--concs", "1,8", "--cold-models", "2",
@@ -55,7 +57,7 @@ SMOKE = {
 
 
 # Longest first: with two at a time, ``cluster`` runs beside all the others.
-ORDER = ["cluster", "compare", "cache", "batch", "shard_pressure", "cold_check", "cold_v2", "soak", "storm", "latency", "decode", "model_metrics"]
+ORDER = ["cluster", "compare", "cache", "batch", "shard_pressure", "cold_check", "cold_v2", "warm_restart", "soak", "storm", "latency", "decode", "model_metrics"]
 
 
 def smoke_run(name, folder):
