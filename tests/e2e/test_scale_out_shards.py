@@ -3,8 +3,11 @@
 One sharded server is shared by the module; the last test stops it with SIGTERM.
 """
 
+import json
 import os
+import pathlib
 import random
+import re
 import shutil
 import signal
 import string
@@ -98,6 +101,7 @@ class ShardedServer:
             "MLSERVER_MME_CACHE_DIR": self.cache,
             "MLSERVER_MME_SHARDS": str(SHARDS),
             "MLSERVER_MME_MAX_LOADED_MODELS": "91",  # for the whole server: 31 + 30 + 30
+            "MLSERVER_MME_HOT_SET_RECORD_SECONDS": "0.2",
             "MLSERVER_MME_SHARD_PORT": str(self.shard_port),
             "MLSERVER_HOST": "127.0.0.1",
             "MLSERVER_HTTP_PORT": str(self.http_port),
@@ -366,6 +370,19 @@ def test_kill_9_of_a_shard_fails_no_request_and_it_comes_back(front):
         while sum(sum(counts.values()) for counts in list(answers.values())) < 50:  # the loops are running
             assert time.monotonic() < deadline and not failures, failures
             time.sleep(0.01)
+        record = pathlib.Path(front.cache) / "shard-1" / "hot-set.json"
+        deadline = time.monotonic() + 30
+
+        def recorded():
+            try:
+                return {model["target"] for model in json.loads(record.read_text())["models"]}
+            except (OSError, ValueError):
+                return set()
+
+        while not set(victim_targets) <= recorded():  # what the restarted shard will load from its disk
+            assert time.monotonic() < deadline, f"{record} never recorded {victim_targets}"
+            time.sleep(0.05)
+        warm_starts = front.log().count("event=warm-start ")
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 60
         # back: a new process, seen up by HAProxy, answering its targets again
@@ -378,6 +395,14 @@ def test_kill_9_of_a_shard_fails_no_request_and_it_comes_back(front):
         for thread in clients:
             thread.join(60)
     assert failures == []
+    # the new process loaded what the killed one held, from its disk (each model by a warm load or a request)
+    deadline = time.monotonic() + 30
+    while front.log().count("event=warm-start ") == warm_starts:
+        assert time.monotonic() < deadline, "the restarted shard logged no warm start"
+        time.sleep(0.05)
+    restarted = front.log().split("event=warm-start ")[warm_starts + 1].split("\n")[0]
+    loaded, skipped, total = (int(re.search(rf"{key}=(\d+)", restarted).group(1)) for key in ("loaded", "skipped", "recorded"))
+    assert total >= len(victim_targets) and loaded + skipped == total, restarted
     # while it was down, its targets were answered by the other shards
     assert any(set(answers[t]) - {victim} for t in victim_targets), dict(answers)
     assert processes_with(front.cache) & group == set()  # nothing of the killed shard is left
