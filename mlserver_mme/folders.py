@@ -6,13 +6,44 @@ model or a command line between the write and the read. The default cache folder
 (``$XDG_CACHE_HOME``, else ``~/.cache``), never one shared name in the temporary folder.
 """
 
+import fcntl
 import os
 import stat
 import tempfile
+from typing import Dict
+
+LOCK_FILE = ".lock"  # in a cache folder: held (flock) by the one server process that uses the folder
+_held: Dict[str, int] = {}  # real path -> the descriptor holding its lock, for this process's life
 
 
 class UnsafeFolder(ValueError):
     """A folder the server would trust belongs to another user or may be written by others."""
+
+
+class FolderInUse(UnsafeFolder):
+    """A cache folder another server process holds: two servers deleting each other's files would corrupt both."""
+
+
+def lock_folder(path: str, setting: str, across_exec: bool = False) -> None:
+    """Hold ``path``'s lock for this process's life (and, ``across_exec``, its next program's): FolderInUse if
+    another process holds it. The lock file records the holder's process id, for the message."""
+    real = os.path.realpath(path)
+    if real in _held:
+        return
+    descriptor = os.open(os.path.join(real, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise FolderInUse(
+            f"{setting} ({path}) is in use by another server (process {holder}): servers sharing a cache folder "
+            f"would delete each other's files. Give each server its own {setting}"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    os.set_inheritable(descriptor, across_exec)
+    _held[real] = descriptor
 
 
 def default_cache_dir() -> str:

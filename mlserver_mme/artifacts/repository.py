@@ -26,9 +26,9 @@ from mlserver.repository import SchemalessModelRepository
 from mlserver.settings import ModelParameters, ModelSettings
 
 from .. import mlserver_internals
-from ..config import comma_list, load_settings, preload_targets
+from ..config import MMESettings, comma_list, load_settings, preload_targets
 from ..errors import BrokenModel, StorageUnavailable
-from ..folders import private_folder
+from ..folders import FolderInUse, lock_folder, private_folder
 from ..naming import NotATargetPath, target_of, v2_name
 from ..observability.memory import parse_size, total_memory
 from ..observability.metrics import metrics
@@ -66,7 +66,7 @@ class MMERepository(SchemalessModelRepository):
             spares=self.settings.check_spares,
         )
         disk_limit = self.settings.disk_limit
-        private_folder(self.settings.cache_dir, "MLSERVER_MME_CACHE_DIR")
+        self.settings = _own_cache_dir(self.settings)
         self.cache = ArtifactCache(
             self.store,
             self.settings.model_prefix,
@@ -181,6 +181,36 @@ class MMERepository(SchemalessModelRepository):
 
     def _index_entry(self, target: str) -> ModelSettings:
         return _described(self._xgboost_template, target, v2_name(target))
+
+
+MAX_DEFAULT_CACHE_DIRS = 16  # servers of one user on one host with the default cache folder
+
+
+def _own_cache_dir(settings: MMESettings) -> MMESettings:
+    """``settings`` with a cache folder this process alone uses, made private and locked.
+
+    A second server with the default folder takes ``<default>-2`` (then ``-3``...), so servers started
+    with the defaults work side by side, each keeping its folder across restarts; a folder set in
+    ``MLSERVER_MME_CACHE_DIR`` that another server holds is refused (FolderInUse).
+    """
+    private_folder(settings.cache_dir, "MLSERVER_MME_CACHE_DIR")
+    try:
+        lock_folder(settings.cache_dir, "MLSERVER_MME_CACHE_DIR")
+        return settings
+    except FolderInUse:
+        if "cache_dir" in settings.model_fields_set:
+            raise
+    for number in range(2, MAX_DEFAULT_CACHE_DIRS + 1):
+        candidate = f"{settings.cache_dir}-{number}"
+        private_folder(candidate, "MLSERVER_MME_CACHE_DIR")
+        try:
+            lock_folder(candidate, "MLSERVER_MME_CACHE_DIR")
+        except FolderInUse:
+            continue
+        logger.info("event=cache-dir-in-use default=%s using=%s", settings.cache_dir, candidate)
+        return settings.model_copy(update={"cache_dir": candidate})
+    lock_folder(settings.cache_dir, "MLSERVER_MME_CACHE_DIR")  # raises FolderInUse, naming the default
+    return settings
 
 
 def _described(template: ModelSettings, target: str, name: str, uri: Optional[str] = None, **extra) -> ModelSettings:

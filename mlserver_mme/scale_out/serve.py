@@ -28,7 +28,7 @@ import time
 from typing import List, Optional, Tuple
 
 from ..config import load_settings
-from ..folders import UnsafeFolder, private_folder, write_private_file
+from ..folders import UnsafeFolder, lock_folder, private_folder, write_private_file
 from . import haproxy
 from .shards import DEFAULT_SHARD_PORT, PORTS_PER_SHARD, plan, shard_count
 
@@ -156,6 +156,8 @@ def run_sharded(folder: str, settings, count: int, mlserver: str, print_config: 
         )
     try:
         private_folder(settings.cache_dir, "MLSERVER_MME_CACHE_DIR")
+        # held by supervisord (the program this process becomes) while it runs: a second serve is refused
+        lock_folder(settings.cache_dir, "MLSERVER_MME_CACHE_DIR", across_exec=True)
         private_folder(run_dir, "the run folder")
     except UnsafeFolder as error:
         raise ServeError(str(error)) from None

@@ -3,6 +3,8 @@
 - The cache and run folders are the server's own: made 0700, refused when another user owns them or may write
   in them, the generated configuration written through new files that must not exist.
 - `mlserver-mme serve` refuses ports another process listens on, naming the first.
+- One server process per cache folder: a second server with the default folder takes its own (``-2``); a folder
+  set explicitly that another server holds is refused, by `mlserver start` and by `serve`.
 - HAProxy puts a shard up only when its `/ping` answers its own check with its own answer (HMACs of its name
   under this start's keys): a process that took a shard's port (answering 200 to everything, echoing the check,
   or another shard's answer) is never sent a request.
@@ -18,10 +20,11 @@ import threading
 
 import httpx
 import pytest
-from support.mlserver_process import ROOT, free_port, free_port_block, terminate
-from support.serving import wait_until
+from support.artifacts import EXPECTED
+from support.mlserver_process import ROOT, MLServerProcess, free_port, free_port_block, terminate
+from support.serving import call, wait_until
 
-from mlserver_mme.folders import UnsafeFolder, default_cache_dir, private_folder, write_private_file
+from mlserver_mme.folders import UnsafeFolder, default_cache_dir, lock_folder, private_folder, write_private_file
 from mlserver_mme.scale_out import haproxy
 from mlserver_mme.scale_out.shards import Shard
 
@@ -68,6 +71,47 @@ def test_generated_files_are_written_through_new_files_never_through_a_link(tmp_
     write_private_file(str(target), "[supervisord]\n")
     assert target.read_text() == "[supervisord]\n" and not elsewhere.exists()
     assert os.stat(target).st_mode & 0o777 == 0o600
+
+
+def test_servers_started_with_the_default_cache_folder_each_take_one_of_their_own(tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    default = tmp_path / "xdg" / "mlserver-mme"
+    houston = EXPECTED["predictions"]["Houston_TX.tar.gz"][:1]
+    first = MLServerProcess(env, str(tmp_path / "first.log")).start()
+    second = MLServerProcess(env, str(tmp_path / "second.log"))
+    try:
+        second.start()
+        for server in (first, second):
+            assert call(server, "Houston_TX.tar.gz").json() == houston
+        assert f"event=cache-dir-in-use default={default} using={default}-2" in second.log()
+        assert (default / ".lock").read_text() == f"{first.process.pid}\n"
+        assert (tmp_path / "xdg" / "mlserver-mme-2" / ".lock").read_text() == f"{second.process.pid}\n"
+        assert len(os.listdir(default / "models")) == len(os.listdir(f"{default}-2/models")) == 1
+        # a folder given explicitly is not swapped for another: refused, naming the server that holds it
+        third = MLServerProcess({"MLSERVER_MME_CACHE_DIR": str(default)}, str(tmp_path / "third.log"))
+        with pytest.raises(RuntimeError, match=rf"in use by another server \(process {first.process.pid}\)"):
+            third.start()
+    finally:
+        first.stop()
+        second.stop()
+    # once stopped, its folder is free again: a restart takes it back (with its models on disk)
+    again = MLServerProcess(env, str(tmp_path / "again.log")).start()
+    try:
+        assert "event=cache-dir-in-use" not in again.log()
+        assert (default / ".lock").read_text() == f"{again.process.pid}\n"
+    finally:
+        again.stop()
+
+
+def test_serve_refuses_a_cache_folder_another_server_holds(tmp_path):
+    held = tmp_path / "held"
+    private_folder(str(held), "MLSERVER_MME_CACHE_DIR")
+    lock_folder(str(held), "MLSERVER_MME_CACHE_DIR")  # this test's process is the other server
+    done = serve({"MLSERVER_MME_SHARDS": "2", "MLSERVER_MME_CACHE_DIR": str(held),
+                  "MLSERVER_MME_SHARD_PORT": str(free_port_block(6)),
+                  "MLSERVER_HTTP_PORT": str(free_port()), "MLSERVER_METRICS_PORT": str(free_port())})
+    assert done.returncode == 2
+    assert f"MLSERVER_MME_CACHE_DIR ({held}) is in use by another server (process {os.getpid()})" in done.stderr
 
 
 def test_serve_refuses_a_shared_cache_folder(tmp_path):

@@ -13,6 +13,7 @@ import time
 
 import boto3
 import botocore.exceptions
+
 from support.mlserver_process import free_port_block, terminate
 
 WEED = shutil.which("weed") or os.path.join(os.path.dirname(sys.executable), "weed")
@@ -62,7 +63,7 @@ class SeaweedFS:
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"SeaweedFS did not take writes within {START_SECONDS} s:\n{self.log()[-3000:]}")
+                    raise RuntimeError(f"SeaweedFS did not take writes within {START_SECONDS} s:\n{self.log()[-3000:]}") from None
                 time.sleep(0.2)
 
     def log(self) -> str:
