@@ -112,7 +112,7 @@ class ArtifactCache:
         for _, artifact in sorted(found, key=lambda pair: pair[0]):
             self._index(artifact)
         for folder in list(self._retired):  # older versions an earlier run left: nothing uses them yet
-            self._delete_retired(folder)
+            self._delete(self._forget_retired(folder))
         if found:
             logger.info("event=cache-index artifacts=%d bytes=%d", len(self._on_disk), self.disk_bytes())
 
@@ -149,15 +149,16 @@ class ArtifactCache:
     async def drop_retired(self, in_use: Callable[[LocalArtifact], bool]) -> None:
         """Delete the retired versions that are not ``in_use`` (being loaded, or held by a loaded model)."""
         for folder, artifact in list(self._retired.items()):
-            if folder in self._retired and not in_use(artifact):
-                await in_io(self._delete_retired, folder)
+            if self._retired.get(folder) is artifact and not in_use(artifact):  # another drop may have taken it
+                await in_io(self._delete, self._forget_retired(folder))
 
-    def _delete_retired(self, folder: str) -> None:
+    def _forget_retired(self, folder: str) -> str:
+        """Take ``folder`` out of the retired versions and their bytes off the count (on the loop); its path."""
         artifact = self._retired.pop(folder)
         self._bytes_on_disk -= artifact.unpacked_bytes
         metrics().disk_bytes.set(self._bytes_on_disk)
-        self._delete(folder)
         logger.info("event=version-deleted model=%s etag=%s", artifact.target, artifact.etag)
+        return folder
 
     async def fetch(self, target: str, revalidate: bool = False, unverified: bool = False) -> LocalArtifact:
         """The unpacked artifact of ``target``; with ``revalidate``, its ETag is checked again first.

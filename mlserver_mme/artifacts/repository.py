@@ -29,6 +29,7 @@ from .. import mlserver_internals
 from ..config import MMESettings, comma_list, load_settings, preload_targets
 from ..errors import BrokenModel, StorageUnavailable
 from ..folders import FolderInUse, lock_folder, private_folder
+from ..lifecycle.warm_start import recorded_prefix
 from ..naming import NotATargetPath, target_of, v2_name
 from ..observability.memory import parse_size, total_memory
 from ..observability.metrics import metrics
@@ -189,27 +190,34 @@ MAX_DEFAULT_CACHE_DIRS = 16  # servers of one user on one host with the default 
 def _own_cache_dir(settings: MMESettings) -> MMESettings:
     """``settings`` with a cache folder this process alone uses, made private and locked.
 
-    A second server with the default folder takes ``<default>-2`` (then ``-3``...), so servers started
-    with the defaults work side by side, each keeping its folder across restarts; a folder set in
-    ``MLSERVER_MME_CACHE_DIR`` that another server holds is refused (FolderInUse).
+    A folder set in ``MLSERVER_MME_CACHE_DIR`` (or settings.json) that another server holds is refused
+    (FolderInUse). With the default folder, servers started side by side each take one of the default,
+    ``<default>-2``, ``<default>-3``...: the first free one that recorded this server's model prefix
+    (``hot-set.json``), else the first free one that recorded none, else the first free one. A server
+    restarted thus finds its own models and record again, whatever order servers restart in.
     """
-    private_folder(settings.cache_dir, "MLSERVER_MME_CACHE_DIR")
-    try:
+    if "cache_dir" in settings.model_fields_set:
+        private_folder(settings.cache_dir, "MLSERVER_MME_CACHE_DIR")
         lock_folder(settings.cache_dir, "MLSERVER_MME_CACHE_DIR")
         return settings
-    except FolderInUse:
-        if "cache_dir" in settings.model_fields_set:
-            raise
-    for number in range(2, MAX_DEFAULT_CACHE_DIRS + 1):
-        candidate = f"{settings.cache_dir}-{number}"
-        private_folder(candidate, "MLSERVER_MME_CACHE_DIR")
+    default = settings.cache_dir
+    candidates = [default] + [f"{default}-{number}" for number in range(2, MAX_DEFAULT_CACHE_DIRS + 1)]
+
+    def preference(folder: str) -> int:
+        prefix = recorded_prefix(folder)
+        return 0 if prefix == settings.model_prefix else 1 if prefix is None else 2
+
+    for folder in sorted(candidates, key=preference):  # sorted() keeps the numeric order among equals
+        private_folder(folder, "MLSERVER_MME_CACHE_DIR")
         try:
-            lock_folder(candidate, "MLSERVER_MME_CACHE_DIR")
+            lock_folder(folder, "MLSERVER_MME_CACHE_DIR")
         except FolderInUse:
             continue
-        logger.info("event=cache-dir-in-use default=%s using=%s", settings.cache_dir, candidate)
-        return settings.model_copy(update={"cache_dir": candidate})
-    lock_folder(settings.cache_dir, "MLSERVER_MME_CACHE_DIR")  # raises FolderInUse, naming the default
+        if folder == default:
+            return settings
+        logger.info("event=cache-dir-in-use default=%s using=%s", default, folder)
+        return settings.model_copy(update={"cache_dir": folder})
+    lock_folder(default, "MLSERVER_MME_CACHE_DIR")  # all taken: raises FolderInUse, naming the default
     return settings
 
 

@@ -31,7 +31,7 @@ from ..errors import BadTargetHeader, ModelStillLoading, ModelTooLarge
 from ..naming import v2_name
 from ..observability.memory import parse_size, total_memory
 from ..observability.metrics import metrics
-from .budgets import BUDGET_REASONS, Budgets
+from .budgets import Budgets
 from .entries import Entry, ModelTable, State
 from .evictions import EvictionMemory
 from .failures import ARTIFACT_FAULTS, FailureMemory
@@ -189,9 +189,9 @@ class ModelLifecycle:
             raise
         self.failures.forget(entry.name)
         entry.loaded.set_result(None)
-        self.drop_unused_versions()
         logger.info("event=ready model=%s loaded=%d", entry.target, self.models.ready_count())
         try:
+            await self.cache.drop_retired(self._version_in_use)  # before the trim: retired bytes go first
             await self.budgets.trim_disk()
         except Exception:
             logger.exception("event=disk-trim-failed")
@@ -236,15 +236,14 @@ class ModelLifecycle:
 
     async def _unload_idle(self, entry: Entry, reason: str) -> None:
         """The budgets' unload: ``entry`` was idle with its lock free when picked."""
-        await self.unload(entry, reason, only_if_idle=True)
+        if await self.unload(entry, reason, only_if_idle=True):
+            self.evicted.remember(entry.name)  # a victim of the budgets: loading it again soon is thrash
 
     async def _unload_locked(self, entry: Entry, reason: str) -> None:
         self.models.set_state(entry, State.UNLOADING)
         try:
             await entry.drained()
             await self.loader.unload(entry, reason)
-            if reason in BUDGET_REASONS:
-                self.evicted.remember(entry.name)
         finally:
             self.models.remove(entry)
             self.drop_unused_versions()

@@ -18,7 +18,6 @@ from ..observability.metrics import metrics
 from .entries import Entry, ModelTable
 
 Unload = Callable[[Entry, str], Awaitable[None]]
-BUDGET_REASONS = ("count", "memory")  # the reasons the budgets unload a model for
 
 
 class Budgets:

@@ -4,14 +4,16 @@ Every ``hot_set_record_seconds`` (when anything changed) the models loaded by us
 used first, with the memory each took, are written to ``<cache_dir>/hot-set.json``. A restart of the
 server, or of a shard by supervisord, starts with that record: the recorded models whose artifacts
 are still on disk are loaded in the background, two at a time, in that order, while they fit. The
-count stays under ``max_loaded_models`` and the recorded memory under ``memory_limit``. Nothing is
-unloaded to make room for them, and nothing is downloaded for them. Each is loaded from disk at
-once (its files' digests checked, as at every load from disk) and its ETag is checked right after
-(a HEAD): a model overwritten in the store while the server was down is downloaded then and
-swapped in, as an update (``revalidation.py``).
+count stays under ``max_loaded_models`` and the memory under ``memory_limit``. Nothing is unloaded
+to make room for them, and nothing is downloaded for them (a copy found damaged is fetched again, as
+at any load). Each is loaded from disk at once (its files' digests checked, as at every load from
+disk) and its ETag is checked right after (a HEAD): a model overwritten in the store while the
+server was down is downloaded then and swapped in, as an update (``revalidation.py``); one deleted
+from the store stays loaded, as after any failed update check, until the budgets unload it.
 
 ``/ping`` answers at once; a request for a model whose warm load is under way waits for that load,
-as for any other (one load per model), and a request for any other model is not held up by them.
+as for any other (one load per model). The warm loads take at most two of the load threads, so a
+cold request for another model may wait for one of them.
 """
 
 import asyncio
@@ -35,6 +37,17 @@ logger = logging.getLogger("mlserver.mme")
 FILE_NAME = "hot-set.json"
 MAX_RECORDED = 10_000  # models; a record stays a few hundred KB at most
 LOADS_AT_ONCE = 2  # a HEAD, a read from disk and a parse each: two keep a core busy
+
+
+def recorded_prefix(cache_dir: str) -> Optional[str]:
+    """The model prefix whose models the record in ``cache_dir`` lists, if there is a readable record."""
+    try:
+        with open(os.path.join(cache_dir, FILE_NAME)) as file:
+            record = json.load(file)
+    except (OSError, ValueError):
+        return None
+    prefix = record.get("prefix") if isinstance(record, dict) else None
+    return prefix if isinstance(prefix, str) else None
 
 
 class HotSet:
@@ -123,8 +136,13 @@ class HotSet:
                     full = True
                 if full:
                     return
-                if lifecycle.models.get(name) is not None or lifecycle.cache.on_disk(target) is None:
-                    outcomes["skipped"] += 1  # loaded by a request already, or not on disk (no download here)
+                if (
+                    lifecycle.models.get(name) is not None  # loaded by a request already
+                    or name in lifecycle.pinned  # preloaded by MLServer at start-up
+                    or name in lifecycle.reserved_names  # now a model of the start-up folder
+                    or lifecycle.cache.on_disk(target) is None  # no download here
+                ):
+                    outcomes["skipped"] += 1
                     continue
                 used[0] += memory
                 entry = lifecycle.load_in_background(target)

@@ -80,7 +80,25 @@ def test_an_overwrite_is_published_beside_the_version_a_load_reads_which_goes_on
 
     second = asyncio.run(scenario())
     assert len(_versions(tmp_path)) == 1
-    assert (cache.on_disk("m.tar.gz") or second).folder == second.folder
+    found = cache.on_disk("m.tar.gz")
+    assert found is not None and found.folder == second.folder
+
+
+def test_retired_versions_dropped_twice_at_once_are_deleted_once(tmp_path):
+    store = MemoryStore()
+    cache = _cache(store, tmp_path)
+
+    async def scenario():
+        for content in (b"one", b"two", b"three"):
+            store.put("m.tar.gz", content)
+            newest = await cache.fetch("m.tar.gz", revalidate=True)
+        await asyncio.gather(*(cache.drop_retired(in_use=lambda artifact: False) for _ in range(3)))
+        return newest
+
+    newest = asyncio.run(scenario())
+    assert not cache.has_retired()
+    assert cache.disk_bytes() == newest.unpacked_bytes
+    assert len(_versions(tmp_path)) == 1
 
 
 def test_a_restart_keeps_only_the_newest_version_of_each_target(tmp_path):

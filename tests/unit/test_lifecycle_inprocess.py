@@ -19,10 +19,11 @@ from support.artifacts import EXAMPLES, EXPECTED, ROWS, tar_bytes
 
 from mlserver_mme.artifacts import isolation
 from mlserver_mme.artifacts.repository import MMERepository
-from mlserver_mme.errors import BrokenModel, describe
+from mlserver_mme.errors import BrokenModel, ModelTooLarge, describe
 from mlserver_mme.front.sagemaker import SageMakerMiddleware
 from mlserver_mme.lifecycle import ModelLifecycle, State
 from mlserver_mme.naming import v2_name
+from mlserver_mme.observability.metrics import metrics
 
 HOUSTON, CHICAGO, LOS_ANGELES = "Houston_TX.tar.gz", "Chicago_IL.tar.gz", "LosAngeles_CA.tar.gz"
 BROKEN = "broken.tar.gz"
@@ -70,9 +71,9 @@ class Server:
         self.lifecycle = ModelLifecycle(self.registry, self.repository, self.repository.settings)
         settings_for = self.repository.settings_for
 
-        async def counted_settings_for(target):
+        async def counted_settings_for(target, **options):
             self.fetches.append(target)
-            return await settings_for(target)
+            return await settings_for(target, **options)
 
         self.repository.settings_for = counted_settings_for
 
@@ -237,3 +238,31 @@ def test_the_sagemaker_route_loads_answers_and_remembers_a_failure(make_server, 
         assert status == 424 and headers[b"x-amzn-errortype"] == b"ModelError", content
     assert len({json.loads(content)["OriginalMessage"] for _, _, content in broken}) == 1
     assert len(checks) == 2  # Houston's and the broken artifact's, once each
+
+
+def reloads() -> float:
+    return metrics().reloads._value.get()
+
+
+def test_reloads_count_the_budgets_victims_loaded_again_and_nothing_else(make_server):
+    async def count_budget():
+        mme = make_server(max_loaded_models=1)
+        for target in (HOUSTON, CHICAGO, HOUSTON):  # Houston unloaded by the count, then loaded again
+            mme.lifecycle.release(await mme.lifecycle.acquire(target))
+        entry = mme.lifecycle.models.get("Houston_TX")
+        assert await mme.lifecycle.unload(entry, "request")  # an explicit unload is no thrash
+        mme.lifecycle.release(await mme.lifecycle.acquire(HOUSTON))
+
+    before = reloads()
+    asyncio.run(count_budget())
+    assert reloads() - before == 1
+
+    async def too_large():
+        mme = make_server(memory_limit="1", failure_ttl=0)
+        for _ in range(3):
+            with pytest.raises(ModelTooLarge):
+                await mme.lifecycle.acquire(CHICAGO)
+
+    before = reloads()
+    asyncio.run(too_large())
+    assert reloads() == before  # unloaded as it loaded, never a victim of the budgets
