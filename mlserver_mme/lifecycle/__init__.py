@@ -35,6 +35,7 @@ from .entries import Entry, ModelTable, State
 from .failures import ARTIFACT_FAULTS, FailureMemory
 from .hosted import HostedModels
 from .loading import RegistryLoader
+from .policy import make_policy
 from .revalidation import Revalidator
 
 __all__ = ["Entry", "ModelLifecycle", "State"]
@@ -55,7 +56,7 @@ class ModelLifecycle:
             metrics().memory_limit.set(self.memory_limit)
         self.pinned = {v2_name(target) for target in preload_targets(settings)}
         self.reserved_names = frozenset(reserved_names)  # the models of the start-up folder: MLServer's
-        self.models = ModelTable()
+        self.models = ModelTable(make_policy(settings.eviction_policy))
         self.failures = FailureMemory(settings.failure_ttl)
         self.loader = RegistryLoader(registry)
         self.budgets = Budgets(
@@ -65,6 +66,7 @@ class ModelLifecycle:
         self.revalidator = Revalidator(self, settings.revalidate_after)
         self._tasks: Set[asyncio.Task] = set()  # loads and unloads; strong references, the loop keeps weak ones
         self._metrics = metrics()
+        self.clock = time.perf_counter  # times loads (the bench's replay gives a virtual one)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class ModelLifecycle:
         return await self.repository.settings_for(entry.target)
 
     async def _load(self, entry: Entry, prepare: Prepare) -> None:
+        started = self.clock()
         try:
             async with entry.operation:
                 # preloaded by MLServer at start-up (only those: any other name is the lifecycle's alone)
@@ -155,8 +158,9 @@ class ModelLifecycle:
                     entry.model, entry.etag = model, _extra(model).get("etag", "")
                 else:
                     await self._load_artifact(entry, prepare)
+                entry.load_seconds = self.clock() - started
                 self.models.set_state(entry, State.READY)
-                self.models.touch(entry)  # the newest: not a victim before its waiters use it
+                self.models.touch(entry, used=False)  # the newest: not a victim before its waiters use it
         except BaseException as error:
             self.models.remove(entry)
             if isinstance(error, ARTIFACT_FAULTS) and not entry.hosted:
