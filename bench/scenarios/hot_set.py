@@ -33,9 +33,9 @@ from mlserver_mme.naming import v2_name
 POLICIES = ("lru", "tinylfu")
 MIB = 1 << 20
 # (models, requests, scan every, capacity share, recovery window)
-FULL, QUICK = (2000, 100_000, 20_000, 0.10, 1000), (300, 12_000, 3_000, 0.10, 300)
+FULL, QUICK = (2000, 100_000, 20_000, 0.10, 1000), (200, 6_000, 2_000, 0.10, 300)
 # real servers: (models, max_loaded_models, requests, scan every)
-SERVER_FULL, SERVER_QUICK = (100, 10, 3000, 600), (30, 3, 300, 100)
+SERVER_FULL, SERVER_QUICK = (100, 10, 3000, 600), (10, 2, 60, 30)
 
 
 # -- traces ----------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ SMOKE = {
     "cache": (["--sizes", "10,30,20,20,4"],
               {"single_flight_downloads", "parallel_loads_ratio", "zipf_hit_ratio", "zipf_lru_simulation", "cycles_rss_end_mib"},
               ["single_flight_downloads", "parallel_loads_ms", "warm_p99_storm_ms", "zipf_hit_ratio", "cycles_per_second"]),
-    "hot_set": (["--sizes", "200,6000,2000,0.1,300", "--server-sizes", "20,3,200,100"],
+    "hot_set": (["--sizes", "100,3000,1000,0.1,200", "--server-sizes", "8,2,40,20"],
                 {"zipf", "scan", "shift", "mixed", "server_scan"},
                 ["zipf.lru.hit_ratio", "zipf.tinylfu.hit_ratio", "scan.tinylfu.zipf_requests_hit_ratio",
                  "shift.tinylfu.recovery_requests", "mixed.lru.load_seconds", "server_scan.tinylfu.hit_ratio"]),
