@@ -112,12 +112,12 @@ class ModelLifecycle:
             try:
                 if remaining > 0:
                     await asyncio.wait((awaited,), timeout=remaining)
+                if awaited is entry.loaded and awaited.done():
+                    await self.outcome(awaited)  # still waiting: it yields, and the model is not used yet
             finally:
                 entry.waiting -= 1
             if not awaited.done():
                 raise ModelStillLoading(f"Model '{target}' is still loading; retry shortly.")
-            if awaited is entry.loaded:
-                await self.outcome(awaited)
 
     @staticmethod
     async def outcome(loaded: asyncio.Future) -> None:
