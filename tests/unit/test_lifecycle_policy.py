@@ -291,3 +291,41 @@ def test_a_model_with_a_request_in_flight_stays_whatever_its_worth(monkeypatch):
         lifecycle.release(held)
 
     asyncio.run(scenario())
+
+
+class GatedLoader(FakeLoader):
+    """Each load waits for its target's gate; ``loads`` lists them."""
+
+    def __init__(self, clock, seconds):
+        super().__init__(clock, seconds)
+        self.gates = {target: asyncio.Event() for target in seconds}
+        self.loads = []
+
+    async def load(self, target, settings):
+        self.loads.append(target)
+        await self.gates[target].wait()
+        return await super().load(target, settings)
+
+
+@pytest.mark.parametrize("policy", ["lru", "tinylfu"])
+@pytest.mark.parametrize("turns", range(8))
+def test_a_model_is_no_victim_between_its_load_and_its_waiters_use(policy, turns, monkeypatch):
+    async def scenario():
+        lifecycle = lifecycle_of(policy, monkeypatch, max_loaded_models=1)
+        loader = GatedLoader(lifecycle.loader.clock, {"a": 2.0, "b": 0.5})
+        lifecycle.loader = loader
+        first = asyncio.ensure_future(lifecycle.acquire("a"))
+        second = asyncio.ensure_future(lifecycle.acquire("b"))
+        while len(loader.loads) < 2:
+            await asyncio.sleep(0)
+        loader.gates["a"].set()
+        for _ in range(turns):  # b's load ends, and makes room, this many loop turns after a's
+            await asyncio.sleep(0)
+        loader.gates["b"].set()
+        a, b = await first, await second
+        assert a.in_flight == 1 and b.in_flight == 1
+        lifecycle.release(a)
+        lifecycle.release(b)
+        return loader.loads
+
+    assert asyncio.run(scenario()) == ["a", "b"]  # each served from its one load
