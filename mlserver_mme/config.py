@@ -9,7 +9,7 @@ folder that holds it (the one passed to ``mlserver start``).
 import logging
 import os
 import secrets
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,11 +51,16 @@ class MMESettings(BaseSettings):
     """Refuse an archive whose unpacked content is larger than this."""
 
     max_loaded_models: Optional[int] = None
-    """Most models loaded at once (pinned ones not counted); the least recently used are unloaded."""
+    """Most models loaded at once (pinned ones not counted); the eviction policy's victims are unloaded."""
+
+    eviction_policy: Literal["lru", "tinylfu"] = "tinylfu"
+    """Which model is unloaded when a budget needs room: ``tinylfu`` weighs how often each model was
+    requested lately (loaded or not) and what its miss costs (measured load seconds per byte held), so a
+    model loaded for a one-off request goes first; ``lru`` unloads the least recently used."""
 
     memory_limit: Optional[str] = None
     """Measured memory of the server and its workers: bytes, ``2GiB``/``500MB``, or ``80%`` of the
-    machine's or container's memory. Over it, the least recently used models are unloaded."""
+    machine's or container's memory. Over it, the eviction policy's victims are unloaded."""
 
     disk_limit: Optional[str] = None
     """Bytes of unpacked artifacts kept in ``cache_dir`` (same forms as ``memory_limit``, a percentage

@@ -169,7 +169,7 @@ def run(args) -> dict:
             rows += single_flight(s3, server)
             rows += parallel_loads(server)
             rows += warm_under_storm(server, n_warm, n_storm)
-        with mme_server(s3, max_loaded_models=100) as server:
+        with mme_server(s3, max_loaded_models=100, eviction_policy="lru") as server:
             rows += churn(server, n_zipf_models, n_zipf_requests)
         with mme_server(s3, max_loaded_models=1) as server:
             rows += load_unload_cycles(server, n_cycles)

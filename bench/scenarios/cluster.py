@@ -209,25 +209,25 @@ def hit_ratios(s3, work, n_models, n_requests, placements=PLACEMENTS):
     trace = zipf_trace(n_models, n_requests)
     rows = {}
     if "hash" in placements:
-        with Served(s3, "3", work, max_loaded_models=300) as served:
+        with Served(s3, "3", work, max_loaded_models=300, eviction_policy="lru") as served:
             log(f"hit ratio: 3 shards behind the front ({n_requests} requests)")
             rows["3 shards, room for 100 each, consistent hash"] = replay(served, served.url, trace, 100)
     if "hash-8" in placements:
-        with Served(s3, "3", folder(work, "concurrent"), max_loaded_models=300, hash_balance_factor=150) as served:
+        with Served(s3, "3", folder(work, "concurrent"), max_loaded_models=300, eviction_policy="lru", hash_balance_factor=150) as served:
             log("hit ratio: 3 shards behind the front, 8 clients, bounded load at 150%")
             rows["3 shards, room for 100 each, consistent hash, 8 clients"] = replay(served, served.url, trace, 100, conc=8)
     if "hash-8-unbounded" in placements:
-        with Served(s3, "3", folder(work, "unbounded"), max_loaded_models=300, hash_balance_factor=0) as served:
+        with Served(s3, "3", folder(work, "unbounded"), max_loaded_models=300, eviction_policy="lru", hash_balance_factor=0) as served:
             log("hit ratio: 3 shards behind the front, 8 clients, bounded load off")
             rows["3 shards, room for 100 each, consistent hash, 8 clients, bounded load off"] = replay(
                 served, served.url, trace, 100, conc=8)
     if "one" in placements:
-        with Served(s3, "1", work, max_loaded_models=300) as served:
+        with Served(s3, "1", work, max_loaded_models=300, eviction_policy="lru") as served:
             log("hit ratio: one server")
             rows["one server, room for 300"] = replay(served, served.url, trace, 300)
     if "round-robin" in placements:
         rr_work = folder(work, "round-robin")
-        with Served(s3, "3", rr_work, max_loaded_models=300) as served, round_robin_front(served, rr_work) as url:
+        with Served(s3, "3", rr_work, max_loaded_models=300, eviction_policy="lru") as served, round_robin_front(served, rr_work) as url:
             log("hit ratio: 3 shards behind round robin")
             rows["3 shards, room for 100 each, round robin"] = replay(served, url, trace, 100)
     return rows

@@ -339,12 +339,12 @@ def run(args) -> dict:
             results["warm_n"].append(row(system.name, f"warm, {args.warm_models} models, random target", result))
         with servers.ours(s3.url, prefix, work) as system:
             results["density"][system.name] = density_ours(system, density_levels)
-        with servers.ours(s3.url, prefix, work, max_loaded_models=args.slots) as system:
+        with servers.ours(s3.url, prefix, work, max_loaded_models=args.slots, eviction_policy="lru") as system:
             result, measured, expected, windows = churn_ours(system, args.churn_models, args.slots, args)
             results["churn"].append(row(system.name, f"churn, {args.churn_models} models, room for {args.slots}", result,
                                         hit_ratio=round(measured, 4), lru_simulation=round(expected, 4)))
             results["churn_windows"][system.name] = windows
-        with servers.ours(s3.url, prefix, work, max_loaded_models=args.slots) as system:
+        with servers.ours(s3.url, prefix, work, max_loaded_models=args.slots, eviction_policy="lru") as system:
             measured, expected = exact_trace_ours(system, args.churn_models, args.slots, args.exact_requests)
             results["exact_trace"] = {"requests": args.exact_requests, "hit_ratio": measured, "lru_simulation": expected}
         if "plain" not in skip:

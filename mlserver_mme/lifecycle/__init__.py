@@ -37,6 +37,7 @@ from .evictions import EvictionMemory
 from .failures import ARTIFACT_FAULTS, FailureMemory
 from .hosted import HostedModels
 from .loading import RegistryLoader
+from .policy import make_policy
 from .revalidation import Revalidator
 from .warm_start import HotSet
 
@@ -58,7 +59,7 @@ class ModelLifecycle:
             metrics().memory_limit.set(self.memory_limit)
         self.pinned = {v2_name(target) for target in preload_targets(settings)}
         self.reserved_names = frozenset(reserved_names)  # the models of the start-up folder: MLServer's
-        self.models = ModelTable()
+        self.models = ModelTable(make_policy(settings.eviction_policy))
         self.failures = FailureMemory(settings.failure_ttl)
         self.loader = RegistryLoader(registry)
         self.budgets = Budgets(
@@ -70,6 +71,7 @@ class ModelLifecycle:
         self.evicted = EvictionMemory(settings.reload_window)
         self.hot_set = HotSet(self, settings.cache_dir, settings.model_prefix, settings.hot_set_record_seconds)
         self._metrics = metrics()
+        self.clock = time.perf_counter  # times loads (the bench's replay gives a virtual one)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -115,12 +117,12 @@ class ModelLifecycle:
             try:
                 if remaining > 0:
                     await asyncio.wait((awaited,), timeout=remaining)
+                if awaited is entry.loaded and awaited.done():
+                    await self.outcome(awaited)  # still waiting: it yields, and the model is not used yet
             finally:
                 entry.waiting -= 1
             if not awaited.done():
                 raise ModelStillLoading(f"Model '{target}' is still loading; retry shortly.")
-            if awaited is entry.loaded:
-                await self.outcome(awaited)
 
     @staticmethod
     async def outcome(loaded: asyncio.Future) -> None:
@@ -164,6 +166,7 @@ class ModelLifecycle:
         return await self.repository.settings_for(entry.target, unverified=True)
 
     async def _load(self, entry: Entry, prepare: Prepare) -> None:
+        started = self.clock()
         try:
             async with entry.operation:
                 # preloaded by MLServer at start-up (only those: any other name is the lifecycle's alone)
@@ -172,8 +175,9 @@ class ModelLifecycle:
                     entry.model, entry.etag = model, _extra(model).get("etag", "")
                 else:
                     await self._load_artifact(entry, prepare)
+                entry.load_seconds = self.clock() - started
                 self.models.set_state(entry, State.READY)
-                self.models.touch(entry)  # the newest: not a victim before its waiters use it
+                self.models.touch(entry, used=False)  # the newest: not a victim before its waiters use it
         except BaseException as error:
             self.models.remove(entry)
             self.drop_unused_versions()

@@ -3,9 +3,10 @@
 ``max_loaded_models`` counts loading and loaded models that are not pinned; room is
 made for a model once its artifact was fetched, so a request for a missing model unloads
 nothing. ``memory_limit`` is checked with the model loaded, by measuring the server's
-processes. Victims are the least recently used models that can go at once: loaded, not
-pinned, no request in flight, no operation of their own under way. One pass runs at a
-time; disk deletions run outside it.
+processes (``measure``, which tests and the bench replace). Victims are the eviction
+policy's choice among the models that can go at once: loaded, not pinned, no request in
+flight, no operation of their own under way. One pass runs at a time; disk deletions run
+outside it.
 """
 
 import asyncio
@@ -22,12 +23,14 @@ Unload = Callable[[Entry, str], Awaitable[None]]
 
 class Budgets:
     def __init__(self, models: ModelTable, unload: Unload, max_loaded_models: Optional[int],
-                 memory_limit: Optional[int], cache: ArtifactCache):
+                 memory_limit: Optional[int], cache: ArtifactCache,
+                 measure: Callable[[], int] = process_tree_memory):
         self.models = models
         self.unload = unload  # (entry, reason): unloads an idle model right away
         self.max_loaded_models = max_loaded_models
         self.memory_limit = memory_limit
         self.cache = cache
+        self.measure = measure  # the server's memory in bytes
         self._pass = asyncio.Lock()
 
     async def make_room(self, protect: Entry) -> None:
@@ -41,13 +44,13 @@ class Budgets:
             await self._enforce_count(protect)
             if self.memory_limit is None:
                 return True
-            used = process_tree_memory()
+            used = self.measure()
             while used > self.memory_limit:
                 victim = self.models.victim(protect)
                 if victim is None:
                     break
                 await self.unload(victim, "memory")
-                used = process_tree_memory()
+                used = self.measure()
             metrics().memory_bytes.set(used)
             return used <= self.memory_limit
 

@@ -1,4 +1,4 @@
-"""The models the lifecycle knows, each with its state, in least-recently-used order.
+"""The models the lifecycle knows, each with its state, in least-recently-used order; a policy picks victims.
 
 A model's entry exists from the moment its load starts until its unload ends::
 
@@ -21,6 +21,7 @@ from typing import Iterator, Optional
 from mlserver import MLModel
 
 from ..observability.metrics import metrics
+from .policy import LRU, Policy
 
 
 class State(enum.Enum):
@@ -44,6 +45,8 @@ class Entry:
     model: Optional[MLModel] = None
     etag: str = ""
     memory_bytes: int = 0  # measured growth of the server's memory when it loaded
+    load_seconds: float = 0.0  # measured from the load's start to READY (fetch, check and load)
+    uses: int = 0  # requests that used it since it loaded
     in_flight: int = 0
     waiting: int = 0  # requests waiting for it to become READY
     revalidating: bool = False
@@ -67,10 +70,11 @@ class Entry:
 
 
 class ModelTable:
-    """Entries by MLServer name, least recently used first."""
+    """Entries by MLServer name, least recently used first; ``policy`` picks victims (LRU by default)."""
 
-    def __init__(self):
+    def __init__(self, policy: Optional[Policy] = None):
         self._entries: "collections.OrderedDict[str, Entry]" = collections.OrderedDict()
+        self.policy: Policy = policy or LRU()
         self._ready = 0
         self._gauge = metrics().loaded
 
@@ -90,9 +94,13 @@ class ModelTable:
         assert entry.name not in self._entries, entry.name
         self._entries[entry.name] = entry
 
-    def touch(self, entry: Entry) -> None:
+    def touch(self, entry: Entry, used: bool = True) -> None:
+        """``entry`` becomes the most recently used; ``used``: by a request, which the policy counts."""
         entry.last_used = time.monotonic()
         self._entries.move_to_end(entry.name)
+        if used:
+            entry.uses += 1
+            self.policy.used(entry.name, self._ready)
 
     def set_state(self, entry: Entry, state: State) -> None:
         if self._entries.get(entry.name) is entry:  # only entries in the table are counted
@@ -116,15 +124,14 @@ class ModelTable:
         return sum(not e.pinned and e.state in (State.LOADING, State.READY) for e in self._entries.values())
 
     def victim(self, protect: Optional[Entry] = None) -> Optional[Entry]:
-        """The least recently used model that can be unloaded at once, without waiting for anything."""
-        for entry in self._entries.values():
-            if (
-                entry is not protect
-                and entry.state is State.READY
-                and not entry.pinned
-                and entry.in_flight == 0
-                and entry.waiting == 0
-                and not entry.operation.locked()
-            ):
-                return entry
-        return None
+        """The policy's choice among the models that can be unloaded at once, without waiting for anything."""
+        candidates = [
+            entry for entry in self._entries.values()
+            if entry is not protect
+            and entry.state is State.READY
+            and not entry.pinned
+            and entry.in_flight == 0
+            and entry.waiting == 0
+            and not entry.operation.locked()
+        ]
+        return self.policy.choose(candidates)

@@ -26,6 +26,10 @@ SMOKE = {
     "cache": (["--sizes", "10,30,20,20,4"],
               {"single_flight_downloads", "parallel_loads_ratio", "zipf_hit_ratio", "zipf_lru_simulation", "cycles_rss_end_mib"},
               ["single_flight_downloads", "parallel_loads_ms", "warm_p99_storm_ms", "zipf_hit_ratio", "cycles_per_second"]),
+    "hot_set": (["--sizes", "100,3000,1000,0.1,200", "--server-sizes", "8,2,40,20"],
+                {"zipf", "scan", "shift", "mixed", "server_scan"},
+                ["zipf.lru.hit_ratio", "zipf.tinylfu.hit_ratio", "scan.tinylfu.zipf_requests_hit_ratio",
+                 "shift.tinylfu.recovery_requests", "mixed.lru.load_seconds", "server_scan.tinylfu.hit_ratio"]),
     "cold_check": (["--models", "2", "--round", "2"], {"floor_ms", "cold_ms", "cold_minus_floor_ms", "check_ms", "warm_checks"},
                    ["floor_ms.median", "cold_ms.median", "warm_checks", "startup_memory_mib.server.rss"]),
     "cold_v2": (["--rounds", "1"], {"SageMaker /invocations", "V2 REST infer", "V2 gRPC ModelInfer"},
@@ -57,7 +61,8 @@ SMOKE = {
 
 
 # Longest first: with two at a time, ``cluster`` runs beside all the others.
-ORDER = ["cluster", "compare", "cache", "batch", "shard_pressure", "cold_check", "cold_v2", "warm_restart", "soak", "storm", "latency", "decode", "model_metrics"]
+ORDER = ["cluster", "compare", "cache", "hot_set", "batch", "shard_pressure", "cold_check", "cold_v2", "warm_restart", "soak",
+         "storm", "latency", "decode", "model_metrics"]
 
 
 def smoke_run(name, folder):

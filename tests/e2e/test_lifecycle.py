@@ -21,7 +21,7 @@ def houston(prefix, *names):
 
 def test_least_recently_used_is_unloaded_and_comes_back_from_disk(prefix, start_server):
     houston(prefix, "a", "b", "c", "d")
-    server = start_server(max_loaded_models=2)
+    server = start_server(max_loaded_models=2, eviction_policy="lru")  # tinylfu: tests/unit/test_lifecycle_policy.py
     for name in ("a", "b", "c"):
         assert call(server, f"{name}.tar.gz").json() == HOUSTON
     assert loaded(server) == {"b", "c"}
@@ -255,7 +255,7 @@ def test_preloaded_models_are_loaded_at_start_and_never_unloaded(prefix, start_s
 
 def test_v2_loads_and_unloads_take_part_in_the_bookkeeping(prefix, start_server):
     houston(prefix, "v", "s1", "s2")
-    server = start_server(max_loaded_models=2)
+    server = start_server(max_loaded_models=2, eviction_policy="lru")
     assert httpx.post(f"{server.url}/v2/repository/models/v/load", timeout=60).status_code == 200
     assert call(server, "s1.tar.gz").status_code == 200
     assert call(server, "s2.tar.gz").status_code == 200
