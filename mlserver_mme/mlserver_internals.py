@@ -16,18 +16,21 @@ import inspect
 import logging
 import sys
 from dataclasses import dataclass
-from typing import AsyncContextManager, Awaitable, Callable
+from typing import AsyncContextManager, Awaitable, Callable, List, Tuple
 
 import grpc
 import mlserver
 from grpc import aio
 from mlserver.cli import serve
+from mlserver.cloudevents import CloudEventsMiddleware, CloudEventsTypes
 from mlserver.grpc import GRPCServer
 from mlserver.grpc import utils as grpc_utils
 from mlserver.handlers import DataPlane, ModelRepositoryHandlers
 from mlserver.registry import MultiModelRegistry
 from mlserver.server import MLServer
+from mlserver.settings import ModelSettings
 from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 
 SUPPORTED = "1.7."
 
@@ -57,6 +60,8 @@ def check() -> None:
     for owner, method, attribute in _GRPC_CHAIN:
         if attribute not in getattr(getattr(owner, method, None), "__code__", _NO_CODE).co_names:
             problems.append(f"{owner.__name__}.{method} no longer sets {attribute}")
+    if not callable(getattr(CloudEventsMiddleware, "_get_headers", None)):
+        problems.append("mlserver.cloudevents.CloudEventsMiddleware._get_headers is missing")
     if not isinstance(getattr(grpc_utils, "logger", None), logging.Logger):
         problems.append("mlserver.grpc.utils.logger is missing")
     if not isinstance(getattr(grpc_utils, "STATUS_CODE_MAPPING", None), dict):
@@ -261,3 +266,23 @@ def map_grpc_statuses(statuses: dict) -> None:
     """Add HTTP status -> gRPC status pairs to MLServer's mapping of its errors (others answer UNKNOWN)."""
     for http_status, grpc_status in statuses.items():
         grpc_utils.STATUS_CODE_MAPPING.setdefault(http_status, grpc_status)
+
+
+def cloud_event_headers(parts: MLServerParts) -> Callable[[ModelSettings, str], List[Tuple[bytes, bytes]]]:
+    """The CloudEvents headers MLServer's data plane adds to a V2 answer of a model with a request id.
+
+    They come from its ``CloudEventsMiddleware`` (settings and namespace read at start-up), as ASGI
+    pairs named as its REST answers name them (lower case).
+    """
+    middleware = CloudEventsMiddleware(parts.data_plane._settings)
+
+    def headers(model_settings: ModelSettings, request_id: str) -> List[Tuple[bytes, bytes]]:
+        made = middleware._get_headers(CloudEventsTypes.Response, model_settings, request_id)
+        return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in made.items()]
+
+    return headers
+
+
+def rest_app_compresses(app) -> bool:
+    """Whether MLServer's REST app gzips answers (``gzip_enabled``: its GZip middleware is in place)."""
+    return any(middleware.cls is GZipMiddleware for middleware in app.user_middleware)

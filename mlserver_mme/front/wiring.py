@@ -4,8 +4,8 @@
 (as ``mlserver_mme.router.SageMakerRouter``); it must run in the main process
 (``parallel_workers: 0`` in that file). Its load checks the MLServer it runs in,
 makes the lifecycle over the repository, routes V2 calls (REST and gRPC) through
-it, guards the gRPC repository calls, and puts the V2 compatibility and SageMaker
-middlewares first in MLServer's REST app.
+it, guards the gRPC repository calls, and puts the V2 compatibility (with the V2 fast path) and
+SageMaker middlewares first in MLServer's REST app.
 """
 
 from mlserver import MLModel
@@ -16,8 +16,9 @@ from ..errors import GRPC_STATUSES
 from ..lifecycle import ModelLifecycle
 from ..lifecycle.v2 import V2Gate
 from .grpc_guard import guard_repository_calls
-from .sagemaker import SageMakerMiddleware
+from .sagemaker import SageMakerMiddleware, new_request_id
 from .v2_compat import V2CompatMiddleware
+from .v2_fast import FastV2
 
 
 class SageMakerRouter(MLModel):
@@ -36,7 +37,18 @@ class SageMakerRouter(MLModel):
         mlserver_internals.map_grpc_statuses(GRPC_STATUSES)
         mlserver_internals.quiet_grpc_client_errors()
         guard_repository_calls(parts.registry, repository.settings)
-        mlserver_internals.put_in_front(parts.rest_app, V2CompatMiddleware, settings=repository.settings)
+        settings = repository.settings
+        fast = None
+        if settings.v2_fast_path:
+            fast = FastV2(
+                lifecycle,
+                gate,
+                settings.per_model_metrics_top_k,
+                mlserver_internals.cloud_event_headers(parts),
+                gzip=mlserver_internals.rest_app_compresses(parts.rest_app),
+                new_id=new_request_id,
+            )
+        mlserver_internals.put_in_front(parts.rest_app, V2CompatMiddleware, settings=settings, fast=fast)
         mlserver_internals.put_in_front(
             parts.rest_app, SageMakerMiddleware, lifecycle=lifecycle, settings=repository.settings
         )
