@@ -39,10 +39,11 @@ from mlserver.settings import ModelSettings
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import Receive, Scope, Send
 
-from ..errors import MMEError
+from ..errors import ArtifactNotFound, MMEError
 from ..lifecycle import ModelLifecycle
 from ..lifecycle.v2 import V2Gate
-from ..observability.model_metrics import model_metrics
+from ..naming import v2_name
+from ..observability.model_metrics import OTHER, model_metrics
 from ..runtimes.xgboost import XGBoostModel
 from .asgi import respond
 from .offload import BatchPool, is_big_answer, is_costly
@@ -60,6 +61,7 @@ INPUT_FIELDS = frozenset({"name", "shape", "datatype", "data", "parameters"})
 OUTPUT_FIELDS = frozenset({"name", "parameters"})
 GZIP_MINIMUM = 500  # Starlette's GZipMiddleware default, which MLServer keeps
 CONTENT_TYPE_NP = {"content_type": "np"}
+VARY = (b"vary", b"Accept-Encoding")  # what the GZip middleware adds to an answer it could compress
 
 
 class FastRequest(NamedTuple):
@@ -188,7 +190,9 @@ class FastV2:
         try:
             entry = await self.lifecycle.acquire(target)
         except MMEError as error:
-            self.model_metrics.record(target, str(error.status_code), time.perf_counter() - started)
+            known = not isinstance(error, ArtifactNotFound) and self.lifecycle.models.get(v2_name(target)) is not None
+            # made-up names never take a label value (as on the SageMaker route)
+            self.model_metrics.record(target if known else OTHER, str(error.status_code), time.perf_counter() - started)
             await _error(send, error)
             return True
         try:
@@ -216,7 +220,10 @@ class FastV2:
         finally:
             self.lifecycle.release(entry)
         headers = [(b"content-type", b"application/json"), *self.cloud_events(model.settings, request_id)]
-        if choice is not None:  # the conversion MLServer's answers take in V2CompatMiddleware
+        compressible = self.gzip and len(body) >= GZIP_MINIMUM  # MLServer's GZip middleware answers it
+        if choice is not None:  # the conversion MLServer's answers take in V2CompatMiddleware (gzip not asked)
+            if compressible:
+                headers.append(VARY)
             converted = await work(binary_answer, body, choice)
             if converted is not None:
                 body, header_length = converted
@@ -225,7 +232,7 @@ class FastV2:
                     (HEADER_LENGTH, str(header_length).encode()),
                     *headers[1:],
                 ]
-        elif self.gzip and len(body) >= GZIP_MINIMUM and b"gzip" in dict(scope["headers"]).get(b"accept-encoding", b""):
+        elif compressible:
             await self._gzipped(scope, receive, send, body, headers)
             self.model_metrics.record(target, "200", time.perf_counter() - started)
             return True
@@ -235,7 +242,8 @@ class FastV2:
 
     @staticmethod
     async def _gzipped(scope: Scope, receive: Receive, send: Send, body: bytes, headers: list) -> None:
-        """The answer through Starlette's GZip middleware, as MLServer's app sends it."""
+        """The answer through Starlette's GZip middleware, as MLServer's app sends it (``Vary``, and
+        compressed when the client takes gzip)."""
 
         async def answer(scope: Scope, receive: Receive, send: Send) -> None:
             await respond(send, 200, body, headers)
