@@ -275,12 +275,25 @@ def cloud_event_headers(parts: MLServerParts) -> Callable[[ModelSettings, str], 
     pairs named as its REST answers name them (lower case).
     """
     middleware = CloudEventsMiddleware(parts.data_plane._settings)
+    made: dict = {}  # model name -> its headers, the request id's values as None (the rest is fixed)
 
     def headers(model_settings: ModelSettings, request_id: str) -> List[Tuple[bytes, bytes]]:
-        made = middleware._get_headers(CloudEventsTypes.Response, model_settings, request_id)
-        return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in made.items()]
+        pattern = made.get(model_settings.name)
+        if pattern is None:
+            if len(made) >= 4096:
+                made.clear()  # names come and go with models: a bound, rarely reached
+            shown = middleware._get_headers(CloudEventsTypes.Response, model_settings, _PLACEHOLDER)
+            pattern = made[model_settings.name] = [
+                (name.lower().encode("latin-1"), None if value == _PLACEHOLDER else value.encode("latin-1"))
+                for name, value in shown.items()
+            ]
+        own = request_id.encode("latin-1")
+        return [(name, own if value is None else value) for name, value in pattern]
 
     return headers
+
+
+_PLACEHOLDER = "\x00request-id\x00"  # no settings value holds a NUL
 
 
 def rest_app_compresses(app) -> bool:

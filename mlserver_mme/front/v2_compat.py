@@ -388,9 +388,8 @@ class V2CompatMiddleware:
         choice, request = None, None
         target = self.fast.takes(scope["path"]) if self.fast is not None else None
         if target is not None or b'"binary_data' in body:  # a cheap test first: most JSON clients never ask
-            work = self.pool.run if is_batch(body) else _inline
             try:
-                request = await work(orjson.loads, body)
+                request = await self.pool.run(orjson.loads, body) if is_batch(body) else orjson.loads(body)
             except orjson.JSONDecodeError:
                 pass  # MLServer answers it
         if isinstance(request, dict):

@@ -30,6 +30,7 @@ by default) and its inference middlewares beyond CloudEvents. These requests
 count in the per-model metrics (``mme_model_*``, code = the HTTP status).
 """
 
+import math
 import time
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
@@ -56,6 +57,7 @@ DTYPES = {
     "FP32": "float32", "FP64": "float64",
 }
 DATATYPE_OF = {np.dtype(dtype): datatype for datatype, dtype in DTYPES.items()}
+NUMPY_DTYPES = {datatype: np.dtype(dtype) for datatype, dtype in DTYPES.items()}
 REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs"})
 INPUT_FIELDS = frozenset({"name", "shape", "datatype", "data", "parameters"})
 OUTPUT_FIELDS = frozenset({"name", "parameters"})
@@ -90,7 +92,7 @@ def read_request(request) -> Optional[FastRequest]:
     if not isinstance(tensor, dict) or tensor.keys() | {"parameters"} != INPUT_FIELDS:
         return None
     shape, data, datatype = tensor["shape"], tensor["data"], tensor["datatype"]
-    dtype = DTYPES.get(datatype) if type(datatype) is str else None
+    dtype = NUMPY_DTYPES.get(datatype) if type(datatype) is str else None
     if type(tensor["name"]) is not str or dtype is None or not isinstance(data, list):
         return None
     if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
@@ -139,7 +141,7 @@ def answer_body(model_name: str, model_version: Optional[str], request_id: str, 
     if len(shape) <= 1:
         shape.append(1)  # MLServer's inject_batch_dimension
     data = predictions.ravel().tolist()
-    if predictions.dtype.kind == "f" and not np.isfinite(predictions).all():
+    if predictions.dtype.kind == "f" and not _finite(data, predictions):
         data = [value if value == value and abs(value) != float("inf") else None for value in data]
     response: dict = {"model_name": model_name}
     if model_version is not None:
@@ -150,6 +152,13 @@ def answer_body(model_name: str, model_version: Optional[str], request_id: str, 
         {"name": "output-1", "shape": shape, "datatype": datatype, "parameters": CONTENT_TYPE_NP, "data": data}
     ]
     return orjson.dumps(response)
+
+
+def _finite(values: list, predictions: np.ndarray) -> bool:
+    """No NaN nor infinity among the predictions (which MLServer's answer writes as null)."""
+    if predictions.dtype == np.float32:  # a million float32 values cannot sum past float64's range
+        return math.isfinite(sum(values))
+    return bool(np.isfinite(predictions).all())
 
 
 class FastV2:
@@ -182,8 +191,8 @@ class FastV2:
         choice: Optional[BinaryChoice],
     ) -> bool:
         """Answer ``request`` if the fast path takes it (True), else leave everything as it was (False)."""
-        work = self.batches.run if big else _inline
-        parsed = await work(read_request, request)
+        # small requests are read, predicted and written right here: a thread hop costs more (offload.py)
+        parsed = await self.batches.run(read_request, request) if big else read_request(request)
         if parsed is None:
             return False
         started = time.perf_counter()
@@ -200,21 +209,23 @@ class FastV2:
             if type(model) is not XGBoostModel or not _plain_settings(model):
                 return False
             features = parsed.features
-            if is_big_answer(features.shape[0], model.values_per_row) or is_costly(
-                features.shape[0], model.visits_per_row
-            ):
-                work = self.batches.run
+            rows = features.shape[0]
+            offload = big or is_big_answer(rows, model.values_per_row) or is_costly(rows, model.visits_per_row)
             request_id = parsed.id if parsed.id is not None else self.new_id()
             version = model.settings.parameters.version if model.settings.parameters else None
+            predictor = model.predictor()
             try:
-                predictions = await work(model.predictor(), features)
+                predictions = await self.batches.run(predictor, features) if offload else predictor(features)
             except MMEError as error:
                 self.model_metrics.record(target, str(error.status_code), time.perf_counter() - started)
                 await _error(send, error)
                 return True
             except Exception:
                 return False  # MLServer predicts again and answers its own error
-            body = await work(answer_body, model.name, version, request_id, predictions)
+            if offload:
+                body = await self.batches.run(answer_body, model.name, version, request_id, predictions)
+            else:
+                body = answer_body(model.name, version, request_id, predictions)
             if body is None:
                 return False
         finally:
@@ -224,7 +235,7 @@ class FastV2:
         if choice is not None:  # the conversion MLServer's answers take in V2CompatMiddleware (gzip not asked)
             if compressible:
                 headers.append(VARY)
-            converted = await work(binary_answer, body, choice)
+            converted = await self.batches.run(binary_answer, body, choice) if offload else binary_answer(body, choice)
             if converted is not None:
                 body, header_length = converted
                 headers = [
@@ -262,6 +273,3 @@ async def _error(send: Send, error: MMEError) -> None:
     """MLServer's error answer (its exception handler: the error's status, ``{"error": str}`` by orjson)."""
     await respond(send, error.status_code, orjson.dumps({"error": str(error)}), [(b"content-type", b"application/json")])
 
-
-async def _inline(function, *args):
-    return function(*args)
