@@ -64,6 +64,8 @@ def check() -> None:
         problems.append("mlserver.cloudevents.CloudEventsMiddleware._get_headers is missing")
     if not isinstance(getattr(grpc_utils, "logger", None), logging.Logger):
         problems.append("mlserver.grpc.utils.logger is missing")
+    if not callable(getattr(grpc_utils, "_grpc_status_code", None)):
+        problems.append("mlserver.grpc.utils._grpc_status_code is missing")
     if not isinstance(getattr(grpc_utils, "STATUS_CODE_MAPPING", None), dict):
         problems.append("mlserver.grpc.utils.STATUS_CODE_MAPPING is missing")
     if problems:
@@ -287,6 +289,8 @@ def cloud_event_headers(parts: MLServerParts) -> Callable[[ModelSettings, str], 
                 (name.lower().encode("latin-1"), None if value == _PLACEHOLDER else value.encode("latin-1"))
                 for name, value in shown.items()
             ]
+        if not request_id:  # MLServer names no id then (a gRPC request without one)
+            return [(name, value) for name, value in pattern if value is not None]
         own = request_id.encode("latin-1")
         return [(name, own if value is None else value) for name, value in pattern]
 
@@ -299,3 +303,37 @@ _PLACEHOLDER = "\x00request-id\x00"  # no settings value holds a NUL
 def rest_app_compresses(app) -> bool:
     """Whether MLServer's REST app gzips answers (``gzip_enabled``: its GZip middleware is in place)."""
     return any(middleware.cls is GZipMiddleware for middleware in app.user_middleware)
+
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def shortcut_model_infer(registry: MultiModelRegistry, shortcut: Callable) -> None:
+    """Put ``await shortcut(request, context)`` before MLServer's gRPC ``ModelInfer``: its answer when it
+    gives one, else MLServer's handler's (MLServer's interceptors run around both)."""
+
+    def replace(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if method != MODEL_INFER:
+            return handler
+        if handler.unary_unary is None:
+            raise UnsupportedMLServer(f"the gRPC method {method} is no longer unary")
+        original = handler.unary_unary
+
+        async def model_infer(request, context):
+            answer = await shortcut(request, context)
+            return answer if answer is not None else await original(request, context)
+
+        return handler._replace(unary_unary=model_infer)
+
+    if MODEL_INFER not in replace_grpc_handlers(registry, replace):
+        raise UnsupportedMLServer("MLServer's gRPC server has no ModelInfer handler")
+
+
+def grpc_status_of(error: mlserver.errors.MLServerError) -> grpc.StatusCode:
+    """The status MLServer's gRPC handlers answer ``error`` with."""
+    return grpc_utils._grpc_status_code(error)
+
+
+def log_grpc_error(error: mlserver.errors.MLServerError) -> None:
+    """Log ``error`` as MLServer's gRPC handlers do (``quiet_grpc_client_errors`` keeps a 4xx to one line)."""
+    grpc_utils.logger.exception(error, exc_info=error)

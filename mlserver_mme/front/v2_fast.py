@@ -206,7 +206,7 @@ class FastV2:
             return True
         try:
             model = entry.model
-            if type(model) is not XGBoostModel or not _plain_settings(model):
+            if type(model) is not XGBoostModel or not plain_settings(model):
                 return False
             features = parsed.features
             rows = features.shape[0]
@@ -262,7 +262,7 @@ class FastV2:
         await GZipMiddleware(answer, minimum_size=GZIP_MINIMUM)(scope, receive, send)
 
 
-def _plain_settings(model: XGBoostModel) -> bool:
+def plain_settings(model: XGBoostModel) -> bool:
     """No input metadata nor content type in the model's settings: MLServer's codecs read it as NumPy."""
     settings = model.settings
     parameters = settings.parameters

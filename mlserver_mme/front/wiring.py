@@ -19,6 +19,7 @@ from .grpc_guard import guard_repository_calls
 from .sagemaker import SageMakerMiddleware, new_request_id
 from .v2_compat import V2CompatMiddleware
 from .v2_fast import FastV2
+from .v2_fast_grpc import FastModelInfer
 
 
 class SageMakerRouter(MLModel):
@@ -49,6 +50,16 @@ class SageMakerRouter(MLModel):
                 new_id=new_request_id,
             )
         mlserver_internals.put_in_front(parts.rest_app, V2CompatMiddleware, settings=settings, fast=fast)
+        if settings.v2_fast_path:
+            shortcut = FastModelInfer(
+                lifecycle,
+                gate,
+                settings.per_model_metrics_top_k,
+                mlserver_internals.cloud_event_headers(parts),
+                mlserver_internals.grpc_status_of,
+                mlserver_internals.log_grpc_error,
+            )
+            mlserver_internals.shortcut_model_infer(parts.registry, shortcut)
         mlserver_internals.put_in_front(
             parts.rest_app, SageMakerMiddleware, lifecycle=lifecycle, settings=repository.settings
         )

@@ -1,9 +1,10 @@
-"""The V2 fast path against MLServer's own path: a corpus of V2 REST requests, answered byte for byte alike.
+"""The V2 fast paths against MLServer's own path: corpora of V2 REST and gRPC requests, answered byte for byte alike.
 
 Two servers over the same models: one with the fast path (``front/v2_fast.py``), one with
-``MLSERVER_MME_V2_FAST_PATH=false`` (every V2 request through MLServer's FastAPI stack). Each request
-goes to both; status, headers (but ``date``) and body must be the same bytes, made-up ids aside (a
-request naming its id gets it back on both). The per-model request count on the fast server tells
+``MLSERVER_MME_V2_FAST_PATH=false`` (every V2 request through MLServer's FastAPI stack and gRPC
+servicer). Each request goes to both; status, headers (but ``date``) and body must be the same bytes,
+made-up ids aside (a request naming its id gets it back on both); over gRPC, the status, the details,
+the trailing metadata and the serialized answer. The per-model request count on the fast server tells
 which requests the fast path answered, so the corpus also pins what falls through to MLServer.
 """
 
@@ -12,11 +13,14 @@ import json
 import re
 import tarfile
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 import xgboost as xgb
+from mlserver.grpc import dataplane_pb2 as pb
+from mlserver.grpc import dataplane_pb2_grpc
 from support.artifacts import ROWS
 from support.mlserver_process import MLServerProcess
 from support.s3server import BUCKET, s3_env
@@ -209,3 +213,74 @@ def test_own_id_comes_back_unchanged(pair):
     assert reply.status_code == 200
     assert reply.json()["id"] == "request-7"
     assert reply.headers["ce-id"] == "request-7"
+
+
+# --- gRPC ModelInfer ------------------------------------------------------------------------------
+
+def grpc_tensor(datatype, shape, name="input-0", **contents):
+    return pb.ModelInferRequest.InferInputTensor(
+        name=name, datatype=datatype, shape=shape, contents=pb.InferTensorContents(**contents)
+    )
+
+
+def raw_request(model, array, datatype, **fields):
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input-0", datatype=datatype, shape=list(array.shape))
+    return pb.ModelInferRequest(model_name=model, inputs=[tensor], raw_input_contents=[array.tobytes()], **fields)
+
+
+def infer(model, *inputs, **fields):
+    return pb.ModelInferRequest(model_name=model, inputs=list(inputs), **fields)
+
+
+ROWS32 = np.asarray(ROWS, dtype=np.float32)
+GRPC_CORPUS = [
+    ("fp32 one row", infer("Houston_TX", grpc_tensor("FP32", [1, 6], fp32_contents=ROW)), True),
+    ("fp64 rows, own id", infer("Houston_TX", grpc_tensor("FP64", [len(ROWS), 6], fp64_contents=FLAT), id="mine"), True),
+    ("int32", infer("Houston_TX", grpc_tensor("INT32", [1, 6], int_contents=SMALL)), True),
+    ("int64", infer("Houston_TX", grpc_tensor("INT64", [2, 6], int64_contents=SMALL * 2)), True),
+    ("uint8", infer("Houston_TX", grpc_tensor("UINT8", [1, 6], uint_contents=SMALL)), True),
+    ("uint64", infer("Houston_TX", grpc_tensor("UINT64", [1, 6], uint64_contents=SMALL)), True),
+    ("flat shape", infer("Houston_TX", grpc_tensor("FP32", [6], fp32_contents=ROW)), True),
+    ("values in another field", infer("Houston_TX", grpc_tensor("FP32", [1, 6], fp64_contents=ROW)), True),
+    ("named output", infer("Houston_TX", grpc_tensor("FP32", [1, 6], fp32_contents=ROW),
+                           outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="whatever")]), True),
+    ("raw fp32", raw_request("Houston_TX", ROWS32, "FP32"), True),
+    ("raw fp64", raw_request("Houston_TX", ROWS32.astype(np.float64), "FP64", id="r"), True),
+    ("raw int64", raw_request("Houston_TX", np.asarray([SMALL, SMALL], dtype=np.int64), "INT64"), True),
+    ("raw big", raw_request("Houston_TX", np.tile(ROWS32, (1000, 1)), "FP32"), True),
+    ("multiclass", infer("multiclass", grpc_tensor("FP32", [4, 6], fp32_contents=SMALL * 4)), True),
+    ("multiclass raw", raw_request("multiclass", np.asarray([SMALL, SMALL], dtype=np.float32), "FP32"), True),
+    ("too few features", infer("Houston_TX", grpc_tensor("FP32", [1, 5], fp32_contents=ROW[:5])), True),
+    ("no such model", infer("nope", grpc_tensor("FP32", [1, 6], fp32_contents=ROW)), True),
+    # what falls through to MLServer
+    ("request parameters", infer("Houston_TX", grpc_tensor("FP32", [1, 6], fp32_contents=ROW),
+                                 parameters={"content_type": pb.InferParameter(string_param="np")}), False),
+    ("bytes", infer("Houston_TX", grpc_tensor("BYTES", [1], bytes_contents=[b"a"])), False),
+    ("bool", infer("Houston_TX", grpc_tensor("BOOL", [1, 6], bool_contents=[True] * 6)), False),
+    ("two inputs", infer("Houston_TX", grpc_tensor("FP32", [1, 6], fp32_contents=ROW),
+                         grpc_tensor("FP32", [1, 6], name="b", fp32_contents=ROW)), False),
+    ("shape and data disagree", infer("Houston_TX", grpc_tensor("FP32", [2, 6], fp32_contents=ROW)), False),
+    ("a version", infer("Houston_TX", grpc_tensor("FP32", [1, 6], fp32_contents=ROW), model_version="1"), False),
+    ("another runtime", infer("custom~2Fdoubler", grpc_tensor("FP32", [1, 6], fp32_contents=ROW)), False),
+]
+
+
+def grpc_answer(server, request):
+    with grpc.insecure_channel(f"127.0.0.1:{server.env['MLSERVER_GRPC_PORT']}") as channel:
+        stub = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            reply, call = stub.ModelInfer.with_call(request, timeout=60)
+        except grpc.RpcError as error:
+            return error.code(), error.details(), None
+    metadata = [(key, UUID.sub(b"ID", value.encode()).decode()) for key, value in call.trailing_metadata()]
+    return grpc.StatusCode.OK, metadata, UUID.sub(b"ID", reply.SerializeToString(deterministic=True))
+
+
+@pytest.mark.parametrize("case, request_, fast", GRPC_CORPUS, ids=[case[0] for case in GRPC_CORPUS])
+def test_same_grpc_answer_as_mlservers_path(pair, case, request_, fast):
+    fast_server, plain_server = pair
+    before = fast_answers(fast_server)
+    mine = grpc_answer(fast_server, request_)
+    assert fast_answers(fast_server) - before == (1 if fast else 0)
+    assert mine == grpc_answer(plain_server, request_)
+    assert fast_answers(plain_server) == 0
