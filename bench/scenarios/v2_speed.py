@@ -127,11 +127,15 @@ def run(args) -> dict:
     with s3_with_models([TARGET]) as s3, mme_server(s3) as server:
         address = f"127.0.0.1:{server.env['MLSERVER_GRPC_PORT']}"
         check_grpc(address, expected)  # loads the model too
+        runs = {
+            "/invocations": lambda conc, seconds: wrk(server.url + "/invocations", invocations, conc, seconds),
+            "V2 REST": lambda conc, seconds: wrk(f"{server.url}/v2/models/{NAME}/infer", v2, conc, seconds),
+            "V2 gRPC": lambda conc, seconds: h2load(address, frame, conc, seconds),
+        }
         for conc in concs:
-            wrk(server.url + "/invocations", invocations, conc, 1)  # warm-up, not counted
-            rps["/invocations"][conc] = wrk(server.url + "/invocations", invocations, conc, seconds)
-            rps["V2 REST"][conc] = wrk(f"{server.url}/v2/models/{NAME}/infer", v2, conc, seconds)
-            rps["V2 gRPC"][conc] = h2load(address, frame, conc, seconds)
+            for route, measure in runs.items():
+                measure(conc, 1)  # warm-up at this concurrency, not counted
+                rps[route][conc] = measure(conc, seconds)
     skipped = []
     if "plain" in args.skip.split(","):
         skipped.append("plain MLServer: --skip plain")
