@@ -1,6 +1,7 @@
 """V2 inference against the SageMaker route on the same server and model: requests per second, side by side.
 
-    python -m bench v2_speed [--duration 5] [--concs 1,8,64] [--skip plain]   # --quick: 1 s, concurrency 1 and 8
+    python -m bench v2_speed [--duration 3] [--rounds 3] [--concs 1,8,64] [--skip plain] [--without-fast-path]
+                                                        # --quick: 1 s, 1 round, concurrency 1 and 8
 
 One server (``mlserver start model-settings/``, a bundled model in moto's S3 on loopback), one
 model, one-row requests, closed loops of compiled load generators, each route in turn:
@@ -13,8 +14,10 @@ model, one-row requests, closed loops of compiled load generators, each route in
 - plain MLServer 1.7 + mlserver-xgboost's V2 REST on the same model, for reference (its own virtual
   environment, ``bench/setup_peers.sh``; skipped when absent or with ``--skip plain``).
 
-Concurrency c is c connections (``wrk -c c``, ``h2load -c c -m 1``). Prints a Markdown table of
-req/s per route and concurrency, and the ratios V2 REST / ``/invocations`` and V2 gRPC /
+Concurrency c is c connections (``wrk -c c``, ``h2load -c c -m 1``). At each concurrency every route is
+warmed up (1 s), then measured in rounds, the three routes one after the other in each round, so a
+neighbour's load on a shared machine weighs on all three alike. Prints a Markdown table of the median
+req/s per route and concurrency, and the medians of each round's ratios V2 REST / ``/invocations`` and V2 gRPC /
 ``/invocations`` (the goals: 0.8 and 0.6). Needs ``wrk`` and ``h2load`` (Debian: ``apt-get install
 wrk nghttp2-client``).
 """
@@ -23,6 +26,7 @@ import contextlib
 import os
 import re
 import shutil
+import statistics
 import struct
 import subprocess
 import tempfile
@@ -43,9 +47,13 @@ ROUTES = ("/invocations", "V2 REST", "V2 gRPC", "plain MLServer V2 REST")
 
 
 def add_arguments(parser):
-    parser.add_argument("--duration", type=int, help="whole seconds measured per route and concurrency (default 5; --quick 1)")
+    parser.add_argument("--duration", type=int, help="whole seconds of each measurement (default 3; --quick 1)")
     parser.add_argument("--concs", help="concurrencies, comma-separated (default 1,8,64; --quick 1,8)")
+    parser.add_argument("--rounds", type=int, help="rounds of the three routes, one after the other (default 3; --quick 1): "
+                        "req/s are the rounds' medians, ratios the medians of each round's ratio")
     parser.add_argument("--skip", default="", help="'plain' leaves plain MLServer out")
+    parser.add_argument("--without-fast-path", action="store_true",
+                        help="our server with MLSERVER_MME_V2_FAST_PATH=false: V2 through MLServer's own path (the before)")
 
 
 def wrk_script(folder: str, name: str, body: str, headers: dict) -> str:
@@ -112,19 +120,22 @@ def run(args) -> dict:
     for tool in ("wrk", "h2load"):
         if shutil.which(tool) is None:
             raise SystemExit(f"no {tool}: apt-get install wrk nghttp2-client")
-    seconds = args.duration or (1 if args.quick else 5)
+    seconds = args.duration or (1 if args.quick else 3)
     concs = [int(c) for c in (args.concs or ("1,8" if args.quick else "1,8,64")).split(",")]
     work = tempfile.mkdtemp(prefix="bench-v2-speed-")
     model = booster()
     expected = float(model.inplace_predict(np.asarray([ROW], np.float32))[0])
+    n_rounds = args.rounds or (1 if args.quick else 3)
     rps: dict = {route: {} for route in ROUTES}
+    ratios: dict = {"V2 REST / invocations": {}, "V2 gRPC / invocations": {}}
     invocations = wrk_script(work, "invocations", BODY.decode(),
                              {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": TARGET})
     v2 = wrk_script(work, "v2", V2_BODY, {"Content-Type": "application/json"})
     frame = os.path.join(work, "model_infer.bin")
     with open(frame, "wb") as file:
         file.write(grpc_frame())
-    with s3_with_models([TARGET]) as s3, mme_server(s3) as server:
+    settings = {"v2_fast_path": "false"} if args.without_fast_path else {}
+    with s3_with_models([TARGET]) as s3, mme_server(s3, **settings) as server:
         address = f"127.0.0.1:{server.env['MLSERVER_GRPC_PORT']}"
         check_grpc(address, expected)  # loads the model too
         runs = {
@@ -133,9 +144,13 @@ def run(args) -> dict:
             "V2 gRPC": lambda conc, seconds: h2load(address, frame, conc, seconds),
         }
         for conc in concs:
-            for route, measure in runs.items():
+            for measure in runs.values():
                 measure(conc, 1)  # warm-up at this concurrency, not counted
-                rps[route][conc] = measure(conc, seconds)
+            rounds = [{route: measure(conc, seconds) for route, measure in runs.items()} for _ in range(n_rounds)]
+            for route in runs:
+                rps[route][conc] = statistics.median(one[route] for one in rounds)
+            for key, route in (("V2 REST / invocations", "V2 REST"), ("V2 gRPC / invocations", "V2 gRPC")):
+                ratios[key][conc] = round(statistics.median(one[route] / one["/invocations"] for one in rounds), 3)
     skipped = []
     if "plain" in args.skip.split(","):
         skipped.append("plain MLServer: --skip plain")
@@ -150,13 +165,15 @@ def run(args) -> dict:
                 for conc in concs:
                     wrk(url, v2, conc, 1)
                     rps["plain MLServer V2 REST"][conc] = wrk(url, v2, conc, seconds)
-    figures = report(rps, concs)
+    figures = report(rps, ratios, concs)
+    figures["rounds"] = n_rounds
     figures["skipped"] = skipped
     figures["seconds_per_run"] = seconds
+    figures["v2_fast_path"] = not args.without_fast_path
     return figures
 
 
-def report(rps: dict, concs: list) -> dict:
+def report(rps: dict, ratios: dict, concs: list) -> dict:
     print("| route (one-row requests, one model) | generator | " + " | ".join(f"c={c} req/s" for c in concs) + " |")
     print("|---|---|" + "---:|" * len(concs))
     generators = {"/invocations": "wrk", "V2 REST": "wrk", "V2 gRPC": "h2load", "plain MLServer V2 REST": "wrk"}
@@ -164,10 +181,7 @@ def report(rps: dict, concs: list) -> dict:
         if rps[route]:
             cells = " | ".join(f"{rps[route][c]:,.0f}" for c in concs)
             print(f"| {route} | {generators[route]} | {cells} |")
-    ratios: dict = {"V2 REST / invocations": {}, "V2 gRPC / invocations": {}}
-    for key, route in (("V2 REST / invocations", "V2 REST"), ("V2 gRPC / invocations", "V2 gRPC")):
-        for conc in concs:
-            ratios[key][conc] = round(rps[route][conc] / rps["/invocations"][conc], 3)
+    for key in ratios:
         cells = " | ".join(f"{ratios[key][c]:.2f}" for c in concs)
         print(f"| **{key}** | | {cells} |")
     print("\ngoals: V2 REST / invocations >= 0.8, V2 gRPC / invocations >= 0.6")
