@@ -172,13 +172,14 @@ class FastV2:
         cloud_events: Callable[[ModelSettings, str], List[Tuple[bytes, bytes]]],
         gzip: bool,
         new_id: Callable[[], str],
+        batches: BatchPool,
     ):
         self.lifecycle = lifecycle
         self.gate = gate
         self.cloud_events = cloud_events  # (model settings, request id) -> the answer's CloudEvents headers
         self.gzip = gzip  # MLServer's app compresses answers (its GZip middleware)
         self.new_id = new_id
-        self.batches = BatchPool()
+        self.batches = batches  # big requests' work, off the event loop
         self.model_metrics = model_metrics(top_k)
 
     def takes(self, path: str) -> Optional[str]:

@@ -126,13 +126,14 @@ class FastModelInfer:
         cloud_events: Callable[[ModelSettings, str], List[Tuple[bytes, bytes]]],
         status_of: Callable[[MMEError], grpc.StatusCode],
         log_error: Callable[[MMEError], None],
+        batches: BatchPool,
     ):
         self.lifecycle = lifecycle
         self.gate = gate
         self.cloud_events = cloud_events
         self.status_of = status_of  # MLServer's gRPC status for an error
         self.log_error = log_error  # as MLServer's handler logs it
-        self.batches = BatchPool()
+        self.batches = batches  # big requests' work, off the event loop
         self.model_metrics = model_metrics(top_k)
 
     async def __call__(self, request: pb.ModelInferRequest, context) -> Optional[pb.ModelInferResponse]:

@@ -12,10 +12,12 @@ from mlserver import MLModel
 
 from .. import mlserver_internals
 from ..artifacts.repository import MMERepository
+from ..config import MMESettings
 from ..errors import GRPC_STATUSES
 from ..lifecycle import ModelLifecycle
 from ..lifecycle.v2 import V2Gate
 from .grpc_guard import guard_repository_calls
+from .offload import BatchPool
 from .sagemaker import SageMakerMiddleware, new_request_id
 from .v2_compat import V2CompatMiddleware
 from .v2_fast import FastV2
@@ -39,28 +41,26 @@ class SageMakerRouter(MLModel):
         mlserver_internals.quiet_grpc_client_errors()
         guard_repository_calls(parts.registry, repository.settings)
         settings = repository.settings
-        fast = None
-        if settings.v2_fast_path:
-            fast = FastV2(
-                lifecycle,
-                gate,
-                settings.per_model_metrics_top_k,
-                mlserver_internals.cloud_event_headers(parts),
-                gzip=mlserver_internals.rest_app_compresses(parts.rest_app),
-                new_id=new_request_id,
-            )
+        fast = fast_paths(parts, lifecycle, gate, settings) if settings.v2_fast_path else None
         mlserver_internals.put_in_front(parts.rest_app, V2CompatMiddleware, settings=settings, fast=fast)
-        if settings.v2_fast_path:
-            shortcut = FastModelInfer(
-                lifecycle,
-                gate,
-                settings.per_model_metrics_top_k,
-                mlserver_internals.cloud_event_headers(parts),
-                mlserver_internals.grpc_status_of,
-                mlserver_internals.log_grpc_error,
-            )
-            mlserver_internals.shortcut_model_infer(parts.registry, shortcut)
         mlserver_internals.put_in_front(
             parts.rest_app, SageMakerMiddleware, lifecycle=lifecycle, settings=repository.settings
         )
         return True
+
+
+def fast_paths(parts: mlserver_internals.MLServerParts, lifecycle: ModelLifecycle, gate: V2Gate, settings: MMESettings) -> FastV2:
+    """The V2 fast paths: gRPC ModelInfer's put in place here, REST's returned for V2CompatMiddleware.
+
+    Both share one batch pool (one thread per CPU) and MLServer's CloudEvents headers.
+    """
+    batches = BatchPool()
+    cloud_events = mlserver_internals.cloud_event_headers(parts)
+    top_k = settings.per_model_metrics_top_k
+    shortcut = FastModelInfer(
+        lifecycle, gate, top_k, cloud_events, mlserver_internals.grpc_status_of, mlserver_internals.log_grpc_error,
+        batches,
+    )
+    mlserver_internals.shortcut_model_infer(parts.registry, shortcut)
+    gzip = mlserver_internals.rest_app_compresses(parts.rest_app)
+    return FastV2(lifecycle, gate, top_k, cloud_events, gzip=gzip, new_id=new_request_id, batches=batches)
