@@ -369,7 +369,7 @@ class V2CompatMiddleware:
             work = self.pool.run if is_batch(body) else _inline
             request = await work(json_request, body, int(declared))
             choice = binary_choice(request)
-            target = self.fast.takes(scope["path"]) if self.fast is not None else None
+            target = self.fast.takes(scope, json_body=False) if self.fast is not None else None
             if target is not None and await self.fast.infer(  # type: ignore[union-attr]
                 scope, receive, send, target, request, is_batch(body), choice
             ):
@@ -386,7 +386,7 @@ class V2CompatMiddleware:
         """A JSON request, answered by the fast path if it takes it, else passed on untouched (looked at
         only to see whether it wants binary outputs)."""
         choice, request = None, None
-        target = self.fast.takes(scope["path"]) if self.fast is not None else None
+        target = self.fast.takes(scope, json_body=True) if self.fast is not None else None
         if target is not None or b'"binary_data' in body:  # a cheap test first: most JSON clients never ask
             try:
                 request = await self.pool.run(orjson.loads, body) if is_batch(body) else orjson.loads(body)

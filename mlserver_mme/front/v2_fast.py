@@ -30,6 +30,7 @@ by default) and its inference middlewares beyond CloudEvents. These requests
 count in the per-model metrics (``mme_model_*``, code = the HTTP status).
 """
 
+import email.message
 import math
 import time
 from typing import Callable, List, NamedTuple, Optional, Tuple
@@ -71,6 +72,20 @@ class FastRequest(NamedTuple):
 
     id: Optional[str]
     features: np.ndarray
+
+
+def reads_as_json(scope: Scope) -> bool:
+    """Whether MLServer's FastAPI route reads this request's body as JSON: no Content-Type, or
+    ``application/json`` or ``application/*+json``, as FastAPI decides (else it refuses the body, 422)."""
+    values = [value for name, value in scope["headers"] if name == b"content-type"]
+    if len(values) > 1:
+        return False  # FastAPI reads the first: left to it
+    if not values or not values[0] or values[0] == b"application/json":
+        return True
+    message = email.message.Message()
+    message["content-type"] = values[0].decode("latin-1")
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def read_request(request) -> Optional[FastRequest]:
@@ -182,9 +197,15 @@ class FastV2:
         self.batches = batches  # big requests' work, off the event loop
         self.model_metrics = model_metrics(top_k)
 
-    def takes(self, path: str) -> Optional[str]:
-        """The target of an unversioned infer path's model, if a prefix model's (else MLServer's)."""
-        name = path[len("/v2/models/") : -len("/infer")]
+    def takes(self, scope: Scope, json_body: bool) -> Optional[str]:
+        """The target of a POST to an unversioned infer path, if a prefix model's (else MLServer's).
+
+        ``json_body``: the body is the client's JSON (not one ``v2_compat`` made of a binary request,
+        which MLServer is given as ``application/json``), so its Content-Type decides as FastAPI's does.
+        """
+        if scope["method"] != "POST" or (json_body and not reads_as_json(scope)):
+            return None  # MLServer's 405, or its 422
+        name = scope["path"][len("/v2/models/") : -len("/infer")]
         return None if "/" in name else self.gate.target(name)
 
     async def infer(

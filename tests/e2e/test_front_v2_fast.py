@@ -145,7 +145,12 @@ CORPUS = [
     ("binary int64", "Houston_TX", *binary([np.asarray([SMALL, SMALL], dtype=np.int64)]), True),
     ("binary big", "Houston_TX", *binary([BIG_ROWS], [binary_output("output-1")]), True),
     ("binary big, json out", "Houston_TX", *binary([BIG_ROWS]), True),
+    ("no content type", "Houston_TX", request(tensor("FP32", ROW, [1, 6])), {"Content-Type": None}, True),
+    ("json with a charset", "Houston_TX", request(tensor("FP32", ROW, [1, 6])), {"Content-Type": "application/json; charset=utf-8"}, True),
+    ("a +json type", "Houston_TX", request(tensor("FP32", ROW, [1, 6])), {"Content-Type": "application/vnd.v2+json"}, True),
     # what falls through to MLServer
+    ("text/plain", "Houston_TX", request(tensor("FP32", ROW, [1, 6])), {"Content-Type": "text/plain"}, False),
+    ("a form", "Houston_TX", request(tensor("FP32", ROW, [1, 6])), {"Content-Type": "application/x-www-form-urlencoded"}, False),
     ("an unknown parameter", "Houston_TX", request(tensor("FP32", ROW, [1, 6]), parameters={"foo": 1}), {}, False),
     ("another content type", "Houston_TX", request(tensor("FP32", ROW, [1, 6]), parameters={"content_type": "pd"}), {}, False),
     ("an unknown field", "Houston_TX", request(tensor("FP32", ROW, [1, 6]), extra=1), {}, False),
@@ -171,9 +176,11 @@ def fast_answers(server) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("mme_model_request_seconds_count"))
 
 
-def answer(server, path, body, headers):
+def answer(server, path, body, headers, method="POST"):
     headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", **headers}
-    reply = httpx.post(f"{server.url}/v2/models/{path}/infer", content=body, headers=headers, timeout=60)
+    headers = {name: value for name, value in headers.items() if value is not None}
+    url = f"{server.url}/v2/models/{path}/infer"
+    reply = httpx.request(method, url, content=body, headers=headers, timeout=60)
     kept = [(name, UUID.sub(b"ID", value.encode())) for name, value in reply.headers.items() if name != "date"]
     if reply.headers.get("content-encoding") == "gzip":
         kept = [(name, value) for name, value in kept if name != "content-length"]  # gzip's header holds a time
@@ -189,6 +196,17 @@ def test_same_answer_as_mlservers_path(pair, case, path, body, headers, fast):
     theirs = answer(plain_server, path, body, headers)
     assert mine == theirs
     assert fast_answers(plain_server) == 0
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+def test_other_methods_fall_through(pair, method):
+    fast_server, plain_server = pair
+    body = request(tensor("FP32", ROW, [1, 6]))
+    before = fast_answers(fast_server)
+    mine = answer(fast_server, "Houston_TX", body, {}, method)
+    assert mine[0] == 405
+    assert fast_answers(fast_server) == before
+    assert mine == answer(plain_server, "Houston_TX", body, {}, method)
 
 
 def test_gzip_answer_is_compressed_alike(pair):
