@@ -11,14 +11,18 @@ model, one-row requests, closed loops of compiled load generators, each route in
 - V2 gRPC ``ModelInfer``: the same tensor in ``fp32_contents``, by ``h2load`` (nghttp2's HTTP/2 load
   generator: one connection per client, one stream at a time, the gRPC frame as its body; a gRPC
   error would still be HTTP 200, so one call through grpcio is checked first);
+- ``ServerLive`` over gRPC, by ``h2load``: a call that does nothing, the floor of ``grpc.aio``'s own cost
+  per call on this machine, which bounds what any ModelInfer can reach;
 - plain MLServer 1.7 + mlserver-xgboost's V2 REST on the same model, for reference (its own virtual
   environment, ``bench/setup_peers.sh``; skipped when absent or with ``--skip plain``).
 
 Concurrency c is c connections (``wrk -c c``, ``h2load -c c -m 1``). At each concurrency every route is
-warmed up (1 s), then measured in rounds, the three routes one after the other in each round, so a
-neighbour's load on a shared machine weighs on all three alike. Prints a Markdown table of the median
+warmed up (1 s), then measured in rounds, the routes one after the other in each round, so a
+neighbour's load on a shared machine weighs on all of them alike. Prints a Markdown table of the median
 req/s per route and concurrency, and the medians of each round's ratios V2 REST / ``/invocations`` and V2 gRPC /
-``/invocations`` (the goals: 0.8 and 0.6). Needs ``wrk`` and ``h2load`` (Debian: ``apt-get install
+``/invocations`` (the goals: 0.8 and 0.6); then the server's CPU time per request of each route and the
+same ratios by CPU (invocations' CPU per request over the route's), which a busy neighbour moves less
+than throughput on a shared machine. Needs ``wrk`` and ``h2load`` (Debian: ``apt-get install
 wrk nghttp2-client``).
 """
 
@@ -30,6 +34,7 @@ import statistics
 import struct
 import subprocess
 import tempfile
+from typing import Tuple
 
 import grpc
 import numpy as np
@@ -38,18 +43,20 @@ from mlserver.grpc import dataplane_pb2_grpc
 from support.artifacts import booster
 
 from bench.harness.peers import Unavailable, plain_mlserver
+from bench.harness.proc import tree_cpu
 from bench.harness.servers import BODY, mme_server, s3_with_models
 
 TARGET, NAME = "Houston_TX.tar.gz", "Houston_TX"
 ROW = [1995.0, 3000.0, 3.0, 2.0, 1.0, 2.0]
 V2_BODY = '{"inputs":[{"name":"input-0","shape":[1,6],"datatype":"FP32","data":[1995,3000,3,2,1.0,2]}]}'
-ROUTES = ("/invocations", "V2 REST", "V2 gRPC", "plain MLServer V2 REST")
+FLOOR = "gRPC ServerLive (floor)"
+ROUTES = ("/invocations", "V2 REST", "V2 gRPC", FLOOR, "plain MLServer V2 REST")
 
 
 def add_arguments(parser):
     parser.add_argument("--duration", type=int, help="whole seconds of each measurement (default 3; --quick 1)")
     parser.add_argument("--concs", help="concurrencies, comma-separated (default 1,8,64; --quick 1,8)")
-    parser.add_argument("--rounds", type=int, help="rounds of the three routes, one after the other (default 3; --quick 1): "
+    parser.add_argument("--rounds", type=int, help="rounds of the routes, one after the other (default 3; --quick 1): "
                         "req/s are the rounds' medians, ratios the medians of each round's ratio")
     parser.add_argument("--skip", default="", help="'plain' leaves plain MLServer out")
     parser.add_argument("--without-fast-path", action="store_true",
@@ -69,15 +76,16 @@ def lua_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def wrk(url: str, script: str, conc: int, seconds: int) -> float:
-    """Requests per second; raises if any answer was not 2xx or a socket failed."""
+def wrk(url: str, script: str, conc: int, seconds: int) -> Tuple[float, int]:
+    """Requests per second and requests answered; raises if any answer was not 2xx or a socket failed."""
     done = subprocess.run(
         ["wrk", f"-t{min(conc, 2)}", f"-c{conc}", f"-d{seconds}s", "-s", script, url],
         capture_output=True, text=True, check=True, timeout=seconds + 60,
     )
     if "Non-2xx" in done.stdout or "Socket errors" in done.stdout:
         raise RuntimeError(f"wrk saw failures on {url}:\n{done.stdout}")
-    return float(re.search(r"Requests/sec:\s*([\d.]+)", done.stdout).group(1))  # type: ignore[union-attr]
+    rate = float(re.search(r"Requests/sec:\s*([\d.]+)", done.stdout).group(1))  # type: ignore[union-attr]
+    return rate, int(re.search(r"(\d+) requests in", done.stdout).group(1))  # type: ignore[union-attr]
 
 
 def grpc_frame() -> bytes:
@@ -92,12 +100,12 @@ def infer_request() -> pb.ModelInferRequest:
     return pb.ModelInferRequest(model_name=NAME, inputs=[tensor])
 
 
-def h2load(address: str, frame_path: str, conc: int, seconds: int) -> float:
-    """Requests per second of ModelInfer calls; raises if any call failed at the HTTP level."""
+def h2load(address: str, frame_path: str, conc: int, seconds: int, method: str = "ModelInfer") -> Tuple[float, int]:
+    """Requests per second of ``method`` calls and calls answered; raises if any failed at the HTTP level."""
     done = subprocess.run(
         ["h2load", "-D", str(seconds), "-c", str(conc), "-m", "1", "-t", str(min(conc, 2)), "-d", frame_path,
          "-H", "content-type: application/grpc", "-H", "te: trailers",
-         f"http://{address}/inference.GRPCInferenceService/ModelInfer"],
+         f"http://{address}/inference.GRPCInferenceService/{method}"],
         capture_output=True, text=True, check=True, timeout=seconds + 60,
     )
     requests = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", done.stdout)
@@ -105,7 +113,7 @@ def h2load(address: str, frame_path: str, conc: int, seconds: int) -> float:
     if requests is None or elapsed is None or requests.group(2) != requests.group(3):
         raise RuntimeError(f"h2load saw failures:\n{done.stdout}")
     seconds_taken = float(elapsed.group(1)) / (1000 if elapsed.group(2) == "ms" else 1)
-    return int(requests.group(3)) / seconds_taken
+    return int(requests.group(3)) / seconds_taken, int(requests.group(3))
 
 
 def check_grpc(address: str, expected: float) -> None:
@@ -127,13 +135,18 @@ def run(args) -> dict:
     expected = float(model.inplace_predict(np.asarray([ROW], np.float32))[0])
     n_rounds = args.rounds or (1 if args.quick else 3)
     rps: dict = {route: {} for route in ROUTES}
+    cpu_us: dict = {route: {} for route in ROUTES}
     ratios: dict = {"V2 REST / invocations": {}, "V2 gRPC / invocations": {}}
+    cpu_ratios: dict = {key: {} for key in ratios}
     invocations = wrk_script(work, "invocations", BODY.decode(),
                              {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": TARGET})
     v2 = wrk_script(work, "v2", V2_BODY, {"Content-Type": "application/json"})
     frame = os.path.join(work, "model_infer.bin")
     with open(frame, "wb") as file:
         file.write(grpc_frame())
+    empty = os.path.join(work, "server_live.bin")
+    with open(empty, "wb") as file:
+        file.write(b"\x00" + struct.pack(">I", 0))  # an empty ServerLiveRequest
     settings = {"v2_fast_path": "false"} if args.without_fast_path else {}
     with s3_with_models([TARGET]) as s3, mme_server(s3, **settings) as server:
         address = f"127.0.0.1:{server.env['MLSERVER_GRPC_PORT']}"
@@ -142,15 +155,28 @@ def run(args) -> dict:
             "/invocations": lambda conc, seconds: wrk(server.url + "/invocations", invocations, conc, seconds),
             "V2 REST": lambda conc, seconds: wrk(f"{server.url}/v2/models/{NAME}/infer", v2, conc, seconds),
             "V2 gRPC": lambda conc, seconds: h2load(address, frame, conc, seconds),
+            FLOOR: lambda conc, seconds: h2load(address, empty, conc, seconds, "ServerLive"),
         }
+        pid = server.process.pid
+
+        def timed(measure, conc: int) -> Tuple[float, float]:
+            """req/s, and the server's CPU microseconds per request (what neighbours on the machine touch least)."""
+            before = tree_cpu(pid)
+            rate, answered = measure(conc, seconds)
+            return rate, (tree_cpu(pid) - before) / max(answered, 1) * 1e6
+
         for conc in concs:
-            for measure in runs.values():
-                measure(conc, 1)  # warm-up at this concurrency, not counted
-            rounds = [{route: measure(conc, seconds) for route, measure in runs.items()} for _ in range(n_rounds)]
+            for measure in runs.values() if not args.quick else ():
+                measure(conc, 1)  # warm-up at this concurrency, not counted (none in a smoke run)
+            rounds = [{route: timed(measure, conc) for route, measure in runs.items()} for _ in range(n_rounds)]
             for route in runs:
-                rps[route][conc] = statistics.median(one[route] for one in rounds)
+                rps[route][conc] = statistics.median(one[route][0] for one in rounds)
+                cpu_us[route][conc] = statistics.median(one[route][1] for one in rounds)
             for key, route in (("V2 REST / invocations", "V2 REST"), ("V2 gRPC / invocations", "V2 gRPC")):
-                ratios[key][conc] = round(statistics.median(one[route] / one["/invocations"] for one in rounds), 3)
+                ratios[key][conc] = round(statistics.median(one[route][0] / one["/invocations"][0] for one in rounds), 3)
+                cpu_ratios[key][conc] = round(
+                    statistics.median(one["/invocations"][1] / max(one[route][1], 1e-9) for one in rounds), 3
+                )
     skipped = []
     if "plain" in args.skip.split(","):
         skipped.append("plain MLServer: --skip plain")
@@ -164,8 +190,9 @@ def run(args) -> dict:
                 url = plain.url + "/v2/models/house/infer"
                 for conc in concs:
                     wrk(url, v2, conc, 1)
-                    rps["plain MLServer V2 REST"][conc] = wrk(url, v2, conc, seconds)
+                    rps["plain MLServer V2 REST"][conc] = wrk(url, v2, conc, seconds)[0]
     figures = report(rps, ratios, concs)
+    figures.update(report_cpu(cpu_us, cpu_ratios, concs))
     figures["rounds"] = n_rounds
     figures["skipped"] = skipped
     figures["seconds_per_run"] = seconds
@@ -176,7 +203,8 @@ def run(args) -> dict:
 def report(rps: dict, ratios: dict, concs: list) -> dict:
     print("| route (one-row requests, one model) | generator | " + " | ".join(f"c={c} req/s" for c in concs) + " |")
     print("|---|---|" + "---:|" * len(concs))
-    generators = {"/invocations": "wrk", "V2 REST": "wrk", "V2 gRPC": "h2load", "plain MLServer V2 REST": "wrk"}
+    generators = {"/invocations": "wrk", "V2 REST": "wrk", "V2 gRPC": "h2load", FLOOR: "h2load",
+                  "plain MLServer V2 REST": "wrk"}
     for route in ROUTES:
         if rps[route]:
             cells = " | ".join(f"{rps[route][c]:,.0f}" for c in concs)
@@ -188,4 +216,19 @@ def report(rps: dict, ratios: dict, concs: list) -> dict:
     return {
         "rps": {route: {str(c): round(v, 1) for c, v in values.items()} for route, values in rps.items()},
         "ratios": {key: {str(c): v for c, v in values.items()} for key, values in ratios.items()},
+    }
+
+
+def report_cpu(cpu_us: dict, cpu_ratios: dict, concs: list) -> dict:
+    """The server's CPU per request: the same comparison, as a dedicated machine would see it."""
+    print("\n| route | " + " | ".join(f"c={c} server CPU us/request" for c in concs) + " |")
+    print("|---|" + "---:|" * len(concs))
+    for route, values in cpu_us.items():
+        if values:
+            print(f"| {route} | " + " | ".join(f"{values[c]:.0f}" for c in concs) + " |")
+    for key, values in cpu_ratios.items():
+        print(f"| **{key}, by CPU** | " + " | ".join(f"{values[c]:.2f}" for c in concs) + " |")
+    return {
+        "cpu_us_per_request": {route: {str(c): round(v, 1) for c, v in values.items()} for route, values in cpu_us.items() if values},
+        "cpu_ratios": {key: {str(c): v for c, v in values.items()} for key, values in cpu_ratios.items()},
     }
