@@ -93,7 +93,7 @@ def read_request(request) -> Optional[FastRequest]:
     if not isinstance(request, dict) or not request.keys() <= REQUEST_FIELDS:
         return None
     request_id = request.get("id")
-    if request_id is not None and type(request_id) is not str:
+    if request_id is not None and not plain_id(request_id):
         return None
     if not _known_parameters(request.get("parameters")):
         return None
@@ -123,6 +123,11 @@ def read_request(request) -> Optional[FastRequest]:
     if features.ndim != 2:
         return None
     return FastRequest(request_id, features)
+
+
+def plain_id(request_id) -> bool:
+    """An id that travels in headers (CloudEvents) as it is: printable ASCII; MLServer answers any other."""
+    return type(request_id) is str and request_id.isascii() and request_id.isprintable()
 
 
 def _known_parameters(parameters) -> bool:

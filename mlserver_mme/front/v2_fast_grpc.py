@@ -35,7 +35,7 @@ from ..naming import v2_name
 from ..observability.model_metrics import OTHER, model_metrics
 from ..runtimes.xgboost import XGBoostModel
 from .offload import BatchPool, is_big_answer, is_costly
-from .v2_fast import DATATYPE_OF, NUMPY_DTYPES, plain_settings
+from .v2_fast import DATATYPE_OF, NUMPY_DTYPES, plain_id, plain_settings
 
 # Where MLServer's converter writes each datatype's values (``mlserver.grpc.converters._FIELDS``).
 CONTENTS = {
@@ -54,7 +54,7 @@ MAX_ROWS_INLINE_BYTES = 64 * 1024  # raw contents past this are read in the batc
 def read_infer_request(request: pb.ModelInferRequest) -> Optional[Tuple[np.ndarray, bool]]:
     """The feature rows a ModelInfer request holds as MLServer would read them, and whether it sent raw
     contents (then the answer's are raw too); None to leave the call to MLServer."""
-    if request.model_version or request.parameters or len(request.inputs) != 1:
+    if request.model_version or request.parameters or len(request.inputs) != 1 or not plain_id(request.id):
         return None
     if any(output.parameters for output in request.outputs):
         return None

@@ -78,6 +78,8 @@ def test_request_is_read_as_mlserver_reads_it(request_):
         {"inputs": [{"name": "a", "shape": [1, 1], "datatype": "INT8", "data": [300]}]},
         {"inputs": [{"name": "a", "shape": [1, 1], "datatype": "FP32", "data": [1]}], "outputs": [{"name": "o", "parameters": {"classification": 2}}]},
         {"inputs": [{"name": "a", "shape": [1, 1], "datatype": "FP32", "data": [1]}], "id": 3},
+        {"inputs": [{"name": "a", "shape": [1, 1], "datatype": "FP32", "data": [1]}], "id": "caf\u00e9"},
+        {"inputs": [{"name": "a", "shape": [1, 1], "datatype": "FP32", "data": [1]}], "id": "a\nb"},
         {"inputs": [], "id": "x"},
         [1, 2],
     ],
