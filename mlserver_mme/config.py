@@ -146,6 +146,11 @@ class MMESettings(BaseSettings):
     xgboost_nthread: int = 1
     """Threads per XGBoost prediction: 1 suits many small models and small requests."""
 
+    v2_fast_path: bool = True
+    """Answer V2 inference of this server's XGBoost models before MLServer's FastAPI stack (REST,
+    ``front/v2_fast.py``) and its gRPC converters (``front/v2_fast_grpc.py``), with the same answers;
+    off, MLServer answers them all."""
+
     per_model_metrics_top_k: int = 50
     """Models that get a ``model`` label value of their own in the per-model metrics (the busiest ones,
     see ``model_metrics.py``); requests of the others count under ``model="other"``."""

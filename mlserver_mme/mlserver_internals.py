@@ -16,18 +16,21 @@ import inspect
 import logging
 import sys
 from dataclasses import dataclass
-from typing import AsyncContextManager, Awaitable, Callable
+from typing import AsyncContextManager, Awaitable, Callable, List, Tuple
 
 import grpc
 import mlserver
 from grpc import aio
 from mlserver.cli import serve
+from mlserver.cloudevents import CloudEventsMiddleware, CloudEventsTypes
 from mlserver.grpc import GRPCServer
 from mlserver.grpc import utils as grpc_utils
 from mlserver.handlers import DataPlane, ModelRepositoryHandlers
 from mlserver.registry import MultiModelRegistry
 from mlserver.server import MLServer
+from mlserver.settings import ModelSettings
 from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 
 SUPPORTED = "1.7."
 
@@ -57,8 +60,12 @@ def check() -> None:
     for owner, method, attribute in _GRPC_CHAIN:
         if attribute not in getattr(getattr(owner, method, None), "__code__", _NO_CODE).co_names:
             problems.append(f"{owner.__name__}.{method} no longer sets {attribute}")
+    if not callable(getattr(CloudEventsMiddleware, "_get_headers", None)):
+        problems.append("mlserver.cloudevents.CloudEventsMiddleware._get_headers is missing")
     if not isinstance(getattr(grpc_utils, "logger", None), logging.Logger):
         problems.append("mlserver.grpc.utils.logger is missing")
+    if not callable(getattr(grpc_utils, "_grpc_status_code", None)):
+        problems.append("mlserver.grpc.utils._grpc_status_code is missing")
     if not isinstance(getattr(grpc_utils, "STATUS_CODE_MAPPING", None), dict):
         problems.append("mlserver.grpc.utils.STATUS_CODE_MAPPING is missing")
     if problems:
@@ -261,3 +268,72 @@ def map_grpc_statuses(statuses: dict) -> None:
     """Add HTTP status -> gRPC status pairs to MLServer's mapping of its errors (others answer UNKNOWN)."""
     for http_status, grpc_status in statuses.items():
         grpc_utils.STATUS_CODE_MAPPING.setdefault(http_status, grpc_status)
+
+
+def cloud_event_headers(parts: MLServerParts) -> Callable[[ModelSettings, str], List[Tuple[bytes, bytes]]]:
+    """The CloudEvents headers MLServer's data plane adds to a V2 answer of a model with a request id.
+
+    They come from its ``CloudEventsMiddleware`` (settings and namespace read at start-up), as ASGI
+    pairs named as its REST answers name them (lower case).
+    """
+    middleware = CloudEventsMiddleware(parts.data_plane._settings)
+    made: dict = {}  # model name -> its headers, the request id's values as None (the rest is fixed)
+
+    def headers(model_settings: ModelSettings, request_id: str) -> List[Tuple[bytes, bytes]]:
+        pattern = made.get(model_settings.name)
+        if pattern is None:
+            if len(made) >= 4096:
+                made.clear()  # names come and go with models: a bound, rarely reached
+            shown = middleware._get_headers(CloudEventsTypes.Response, model_settings, _PLACEHOLDER)
+            pattern = made[model_settings.name] = [
+                (name.lower().encode("latin-1"), None if value == _PLACEHOLDER else value.encode("latin-1"))
+                for name, value in shown.items()
+            ]
+        if not request_id:  # MLServer names no id then (a gRPC request without one)
+            return [(name, value) for name, value in pattern if value is not None]
+        own = request_id.encode("latin-1")
+        return [(name, own if value is None else value) for name, value in pattern]
+
+    return headers
+
+
+_PLACEHOLDER = "\x00request-id\x00"  # no settings value holds a NUL
+
+
+def rest_app_compresses(app) -> bool:
+    """Whether MLServer's REST app gzips answers (``gzip_enabled``: its GZip middleware is in place)."""
+    return any(middleware.cls is GZipMiddleware for middleware in app.user_middleware)
+
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def shortcut_model_infer(registry: MultiModelRegistry, shortcut: Callable) -> None:
+    """Put ``await shortcut(request, context)`` before MLServer's gRPC ``ModelInfer``: its answer when it
+    gives one, else MLServer's handler's (MLServer's interceptors run around both)."""
+
+    def replace(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if method != MODEL_INFER:
+            return handler
+        if handler.unary_unary is None:
+            raise UnsupportedMLServer(f"the gRPC method {method} is no longer unary")
+        original = handler.unary_unary
+
+        async def model_infer(request, context):
+            answer = await shortcut(request, context)
+            return answer if answer is not None else await original(request, context)
+
+        return handler._replace(unary_unary=model_infer)
+
+    if MODEL_INFER not in replace_grpc_handlers(registry, replace):
+        raise UnsupportedMLServer("MLServer's gRPC server has no ModelInfer handler")
+
+
+def grpc_status_of(error: mlserver.errors.MLServerError) -> grpc.StatusCode:
+    """The status MLServer's gRPC handlers answer ``error`` with."""
+    return grpc_utils._grpc_status_code(error)
+
+
+def log_grpc_error(error: mlserver.errors.MLServerError) -> None:
+    """Log ``error`` as MLServer's gRPC handlers do (``quiet_grpc_client_errors`` keeps a 4xx to one line)."""
+    grpc_utils.logger.exception(error, exc_info=error)

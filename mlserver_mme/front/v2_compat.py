@@ -36,7 +36,7 @@ import json
 import re
 import struct
 import zlib
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import orjson
@@ -47,6 +47,9 @@ from ..errors import HeadersTooLarge, InvalidRequest, MMEError, RequestTooLarge,
 from ..naming import NotATargetPath, target_of
 from .asgi import answer_of, headers_too_large, read_body, respond, respond_json
 from .offload import BatchPool, is_batch
+
+if TYPE_CHECKING:
+    from .v2_fast import FastV2
 
 HEADER_LENGTH = b"inference-header-content-length"
 MAX_DIMENSIONS = 64  # numpy's and MLServer's own limit
@@ -295,8 +298,9 @@ def _as_bytes(element) -> bytes:
 class V2CompatMiddleware:
     """ASGI middleware: binary tensor data and an empty index body for MLServer's V2 REST API."""
 
-    def __init__(self, app: ASGIApp, settings: MMESettings):
+    def __init__(self, app: ASGIApp, settings: MMESettings, fast: "Optional[FastV2]" = None):
         self.app = app
+        self.fast = fast  # answers the inference requests of our own models it takes (v2_fast.py)
         self.body_limit = settings.max_payload_bytes
         self.header_limit = settings.max_header_bytes
         self.body_seconds = settings.body_timeout
@@ -363,7 +367,14 @@ class V2CompatMiddleware:
             if not declared.isdigit() or len(declared) > 19:
                 raise MalformedRequest("Inference-Header-Content-Length must be a number of bytes")
             work = self.pool.run if is_batch(body) else _inline
-            payload, choice = await work(_to_json, body, int(declared))
+            request = await work(json_request, body, int(declared))
+            choice = binary_choice(request)
+            target = self.fast.takes(scope, json_body=False) if self.fast is not None else None
+            if target is not None and await self.fast.infer(  # type: ignore[union-attr]
+                scope, receive, send, target, request, is_batch(body), choice
+            ):
+                return
+            payload = await work(_to_json, request)
         except MalformedRequest as error:
             return await _error(send, InvalidRequest(f"Invalid binary tensor request: {error}"))
         except MMEError as error:
@@ -372,15 +383,21 @@ class V2CompatMiddleware:
         await self._forward(scope, [payload], receive, send, choice)
 
     async def _json_infer(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
-        """A JSON request, passed on untouched; looked at only to see whether it wants binary outputs."""
-        choice = None
-        if b'"binary_data' in body:  # a cheap test first: most JSON clients never ask
-            work = self.pool.run if is_batch(body) else _inline
+        """A JSON request, answered by the fast path if it takes it, else passed on untouched (looked at
+        only to see whether it wants binary outputs)."""
+        choice, request = None, None
+        target = self.fast.takes(scope, json_body=True) if self.fast is not None else None
+        if target is not None or b'"binary_data' in body:  # a cheap test first: most JSON clients never ask
             try:
-                request = await work(orjson.loads, body)
-                choice = binary_choice(request) if isinstance(request, dict) else None
+                request = await self.pool.run(orjson.loads, body) if is_batch(body) else orjson.loads(body)
             except orjson.JSONDecodeError:
                 pass  # MLServer answers it
+        if isinstance(request, dict):
+            choice = binary_choice(request) if b'"binary_data' in body else None
+            if target is not None and await self.fast.infer(  # type: ignore[union-attr]
+                scope, receive, send, target, request, is_batch(body), choice
+            ):
+                return
         if choice is not None:
             scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"accept-encoding"]}
         await self._forward(scope, [body], receive, send, choice)
@@ -418,10 +435,9 @@ class V2CompatMiddleware:
         )
 
 
-def _to_json(body: bytes, header_length: int) -> Tuple[bytes, Optional[BinaryChoice]]:
-    request = json_request(body, header_length)
+def _to_json(request: dict) -> bytes:
     try:
-        return orjson.dumps(request), binary_choice(request)
+        return orjson.dumps(request)
     except orjson.JSONEncodeError as error:  # nested deeper than orjson writes (it reads deeper)
         raise MalformedRequest(f"the inference header cannot be passed on: {error}") from None
 

@@ -4,20 +4,24 @@
 (as ``mlserver_mme.router.SageMakerRouter``); it must run in the main process
 (``parallel_workers: 0`` in that file). Its load checks the MLServer it runs in,
 makes the lifecycle over the repository, routes V2 calls (REST and gRPC) through
-it, guards the gRPC repository calls, and puts the V2 compatibility and SageMaker
-middlewares first in MLServer's REST app.
+it, guards the gRPC repository calls, and puts the V2 compatibility (with the V2 fast path) and
+SageMaker middlewares first in MLServer's REST app.
 """
 
 from mlserver import MLModel
 
 from .. import mlserver_internals
 from ..artifacts.repository import MMERepository
+from ..config import MMESettings
 from ..errors import GRPC_STATUSES
 from ..lifecycle import ModelLifecycle
 from ..lifecycle.v2 import V2Gate
 from .grpc_guard import guard_repository_calls
-from .sagemaker import SageMakerMiddleware
+from .offload import BatchPool
+from .sagemaker import SageMakerMiddleware, new_request_id
 from .v2_compat import V2CompatMiddleware
+from .v2_fast import FastV2
+from .v2_fast_grpc import FastModelInfer
 
 
 class SageMakerRouter(MLModel):
@@ -37,8 +41,27 @@ class SageMakerRouter(MLModel):
         mlserver_internals.map_grpc_statuses(GRPC_STATUSES)
         mlserver_internals.quiet_grpc_client_errors()
         guard_repository_calls(parts.registry, repository.settings)
-        mlserver_internals.put_in_front(parts.rest_app, V2CompatMiddleware, settings=repository.settings)
+        settings = repository.settings
+        fast = fast_paths(parts, lifecycle, gate, settings) if settings.v2_fast_path else None
+        mlserver_internals.put_in_front(parts.rest_app, V2CompatMiddleware, settings=settings, fast=fast)
         mlserver_internals.put_in_front(
             parts.rest_app, SageMakerMiddleware, lifecycle=lifecycle, settings=repository.settings
         )
         return True
+
+
+def fast_paths(parts: mlserver_internals.MLServerParts, lifecycle: ModelLifecycle, gate: V2Gate, settings: MMESettings) -> FastV2:
+    """The V2 fast paths: gRPC ModelInfer's put in place here, REST's returned for V2CompatMiddleware.
+
+    Both share one batch pool (one thread per CPU) and MLServer's CloudEvents headers.
+    """
+    batches = BatchPool()
+    cloud_events = mlserver_internals.cloud_event_headers(parts)
+    top_k = settings.per_model_metrics_top_k
+    shortcut = FastModelInfer(
+        lifecycle, gate, top_k, cloud_events, mlserver_internals.grpc_status_of, mlserver_internals.log_grpc_error,
+        batches,
+    )
+    mlserver_internals.shortcut_model_infer(parts.registry, shortcut)
+    gzip = mlserver_internals.rest_app_compresses(parts.rest_app)
+    return FastV2(lifecycle, gate, top_k, cloud_events, gzip=gzip, new_id=new_request_id, batches=batches)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,8 @@ SMOKE = {
                      ["without.cold_first_requests", "warm.cold_first_requests", "warm.s3_gets_after_restart", "cold_ratio"]),
     "cluster": (["--sizes", "20,40,1,0.5,0.5,0.5", "--warm-models", "3", "--placements", "hash,round-robin"],
                 {"throughput", "hot", "hit_ratio", "conc"}, ["conc", "cores"]),
+    "v2_speed": (["--skip", "plain", "--concs", "1,8"], {"rps", "ratios", "skipped"},
+                 ["rps.V2 REST.8", "rps.V2 gRPC.8", "ratios.V2 REST / invocations.8", "ratios.V2 gRPC / invocations.1"]),
     "compare": (["--skip", "mms,plain", "--duration", "0.5", "--warmup", "0.2", "--concs", "1,8", "--cold-models", "2",
                  "--churn-models", "10", "--slots", "3", "--churn-duration", "1.5", "--exact-requests", "30",
                  "--density", "2,3", "--warm-models", "3"],
@@ -62,7 +65,7 @@ SMOKE = {
 
 # Longest first: with two at a time, ``cluster`` runs beside all the others.
 ORDER = ["cluster", "compare", "cache", "hot_set", "batch", "shard_pressure", "cold_check", "cold_v2", "warm_restart", "soak",
-         "storm", "latency", "decode", "model_metrics"]
+         "storm", "v2_speed", "latency", "decode", "model_metrics"]
 
 
 def smoke_run(name, folder):
@@ -101,6 +104,8 @@ def test_every_scenario_has_a_smoke_run():
 
 @pytest.mark.parametrize("name", ORDER)
 def test_scenario_smoke(name, runs):
+    if name == "v2_speed" and not (shutil.which("wrk") and shutil.which("h2load")):
+        pytest.skip("v2_speed needs wrk and h2load (apt-get install wrk nghttp2-client)")
     future, folder = runs[name]
     _, keys, numbers = SMOKE[name]
     done = future.result()
