@@ -31,7 +31,7 @@ from ..errors import BadTargetHeader, ModelStillLoading, ModelTooLarge
 from ..naming import v2_name
 from ..observability.memory import parse_size, total_memory
 from ..observability.metrics import metrics
-from .budgets import Budgets
+from .budgets import Budgets, NoRoom
 from .entries import Entry, ModelTable, State
 from .evictions import EvictionMemory
 from .failures import ARTIFACT_FAULTS, FailureMemory
@@ -41,7 +41,9 @@ from .policy import make_policy
 from .revalidation import Revalidator
 from .warm_start import HotSet
 
-__all__ = ["Entry", "ModelLifecycle", "State"]
+__all__ = ["Entry", "ModelLifecycle", "NoRoom", "State"]
+
+WARM_MEMORY_SHARE = 0.9  # of the memory limit a load that unloads nothing may fill: room is left for requests
 
 logger = logging.getLogger("mlserver.mme")
 
@@ -126,32 +128,43 @@ class ModelLifecycle:
 
     @staticmethod
     async def outcome(loaded: asyncio.Future) -> None:
-        """Wait for a load to end; raise its error: a copy per waiter, as many may share it."""
+        """Wait for a load to end; raise its error: a copy per waiter, as many may share it.
+
+        A load that found no room without unloading (NoRoom) raises nothing: its waiters look again,
+        and start a load of their own.
+        """
         await asyncio.wait((loaded,))  # shares the future without cancelling it if this waiter is
         if loaded.cancelled():  # the server is stopping
             raise ModelStillLoading("The model's load was interrupted; retry shortly.")
         error = loaded.exception()
-        if error is not None:
+        if error is not None and not isinstance(error, NoRoom):
             raise copy.copy(error)  # no traceback nor cause: responses and memory stay small
 
     # -- loading ----------------------------------------------------------------------------
 
-    def start_load(self, target: str, name: str, prepare: Prepare, pinned: bool = False, hosted: bool = False) -> Entry:
-        """Put a FETCHING entry for ``name`` in the table and start its load; ``entry.loaded`` tells the outcome."""
+    def start_load(
+        self, target: str, name: str, prepare: Prepare, pinned: bool = False, hosted: bool = False, evicts: bool = True
+    ) -> Entry:
+        """Put a FETCHING entry for ``name`` in the table and start its load; ``entry.loaded`` tells the outcome.
+
+        Without ``evicts``, the load unloads nothing: it fails with NoRoom, unloading itself, if the model
+        does not fit the count or ``WARM_MEMORY_SHARE`` of the memory limit as things stand.
+        """
         entry = Entry(target, name, pinned=pinned or name in self.pinned, hosted=hosted)
         entry.loaded.add_done_callback(_retrieved)  # every waiter may have given up
         self.evicted.count_reload(name, target)
         self.models.add(entry)
-        self._keep(self._load(entry, prepare))
+        self._keep(self._load(entry, prepare, evicts))
         return entry
 
     def load_in_background(self, target: str) -> Entry:
         """Start loading ``target`` for no request (a warm restart): its requests wait for this load.
 
-        The copy on disk is loaded without waiting for its ETag check, which runs once it is loaded
-        (``Revalidator.start``): an artifact overwritten while the server was down is swapped in then.
+        It unloads nothing (NoRoom if it does not fit). The copy on disk is loaded without waiting for
+        its ETag check, which runs once it is loaded (``Revalidator.start``): an artifact overwritten
+        while the server was down is swapped in then.
         """
-        return self.start_load(target, v2_name(target), self._fetch_unverified)
+        return self.start_load(target, v2_name(target), self._fetch_unverified, evicts=False)
 
     def _keep(self, operation) -> asyncio.Task:
         task = asyncio.ensure_future(operation)
@@ -165,7 +178,7 @@ class ModelLifecycle:
     async def _fetch_unverified(self, entry: Entry) -> ModelSettings:
         return await self.repository.settings_for(entry.target, unverified=True)
 
-    async def _load(self, entry: Entry, prepare: Prepare) -> None:
+    async def _load(self, entry: Entry, prepare: Prepare, evicts: bool = True) -> None:
         started = self.clock()
         try:
             async with entry.operation:
@@ -174,13 +187,16 @@ class ModelLifecycle:
                 if model is not None:
                     entry.model, entry.etag = model, _extra(model).get("etag", "")
                 else:
-                    await self._load_artifact(entry, prepare)
+                    await self._load_artifact(entry, prepare, evicts)
                 entry.load_seconds = self.clock() - started
                 self.models.set_state(entry, State.READY)
                 self.models.touch(entry, used=False)  # the newest: not a victim before its waiters use it
         except BaseException as error:
             self.models.remove(entry)
             self.drop_unused_versions()
+            if isinstance(error, NoRoom):  # not a failure: its waiters load it again, making room
+                entry.loaded.set_exception(error)
+                return
             if isinstance(error, ARTIFACT_FAULTS) and not entry.hosted:
                 self.failures.remember(entry.name, error)
             if isinstance(error, Exception):
@@ -200,12 +216,20 @@ class ModelLifecycle:
         except Exception:
             logger.exception("event=disk-trim-failed")
 
-    async def _load_artifact(self, entry: Entry, prepare: Prepare) -> None:
+    async def _load_artifact(self, entry: Entry, prepare: Prepare, evicts: bool) -> None:
         settings = await prepare(entry)  # download, unpack and check (or the disk cache)
         self.models.set_state(entry, State.LOADING)
-        await self.budgets.make_room(entry)  # only now: a missing artifact unloads nothing
+        if not evicts and not self.budgets.within_count():
+            raise NoRoom(f"no room for '{entry.target}' without unloading a model")
+        if evicts:
+            await self.budgets.make_room(entry)  # only now: a missing artifact unloads nothing
         entry.model, entry.memory_bytes = await self.loader.load(entry.target, settings)
         entry.etag = settings.parameters.extra.get("etag", "")
+        if not evicts:
+            if not self.budgets.within_memory(WARM_MEMORY_SHARE):
+                await self._unload_locked(entry, "memory")
+                raise NoRoom(f"no room for '{entry.target}' in the memory limit without unloading a model")
+            return
         if not await self.budgets.fits(entry) and (entry.hosted or not entry.pinned):
             alone = not any(e is not entry and e.state in (State.LOADING, State.READY) for e in self.models)
             await self._unload_locked(entry, "memory")

@@ -21,6 +21,10 @@ from .entries import Entry, ModelTable
 Unload = Callable[[Entry, str], Awaitable[None]]
 
 
+class NoRoom(Exception):
+    """A load that may unload nothing (a warm restart's) does not fit: it unloaded itself."""
+
+
 class Budgets:
     def __init__(self, models: ModelTable, unload: Unload, max_loaded_models: Optional[int],
                  memory_limit: Optional[int], cache: ArtifactCache,
@@ -32,6 +36,18 @@ class Budgets:
         self.cache = cache
         self.measure = measure  # the server's memory in bytes
         self._pass = asyncio.Lock()
+
+    def within_count(self) -> bool:
+        """Whether the models counted (loading ones included) are within ``max_loaded_models``."""
+        return self.max_loaded_models is None or self.models.counted() <= self.max_loaded_models
+
+    def within_memory(self, share: float = 1.0) -> bool:
+        """Whether the measured memory is within ``share`` of ``memory_limit`` (unloading nothing)."""
+        if self.memory_limit is None:
+            return True
+        used = self.measure()
+        metrics().memory_bytes.set(used)
+        return used <= share * self.memory_limit
 
     async def make_room(self, protect: Entry) -> None:
         """Before ``protect`` loads: unload others until it fits the count (as far as they can go)."""

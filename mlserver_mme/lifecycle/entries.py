@@ -102,6 +102,10 @@ class ModelTable:
             entry.uses += 1
             self.policy.used(entry.name, self._ready)
 
+    def make_oldest(self, entry: Entry) -> None:
+        """``entry`` becomes the least recently used (a warm restart's model no request used yet)."""
+        self._entries.move_to_end(entry.name, last=False)
+
     def set_state(self, entry: Entry, state: State) -> None:
         if self._entries.get(entry.name) is entry:  # only entries in the table are counted
             self._ready += (state is State.READY) - (entry.state is State.READY)

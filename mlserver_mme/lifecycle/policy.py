@@ -45,11 +45,23 @@ class Policy(Protocol):
     def choose(self, candidates: List["Entry"]) -> Optional["Entry"]:
         """The victim among ``candidates`` (least recently used first), or None if there are none."""
 
+    def requests(self, name: str) -> int:
+        """What the policy remembers of ``name``'s requests (recorded for a warm restart)."""
+
+    def restore(self, name: str, requests: int) -> None:
+        """After a restart: ``name`` had ``requests`` (as ``requests`` gave them before)."""
+
 
 class LRU:
     name = "lru"
 
     def used(self, name: str, loaded: int) -> None:
+        pass
+
+    def requests(self, name: str) -> int:
+        return 0
+
+    def restore(self, name: str, requests: int) -> None:
         pass
 
     def choose(self, candidates: List["Entry"]) -> Optional["Entry"]:
@@ -90,6 +102,13 @@ class TinyLFU:
 
     def used(self, name: str, loaded: int) -> None:
         self.history.add(name, loaded)
+
+    def requests(self, name: str) -> int:
+        return self.history[name]
+
+    def restore(self, name: str, requests: int) -> None:
+        if requests > 0:
+            self.history.counts[name] = min(requests, _CAP)
 
     def worth(self, entry: "Entry") -> float:
         """Requests in the history x the square root of load seconds per byte held."""

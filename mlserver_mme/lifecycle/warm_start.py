@@ -4,8 +4,10 @@ Every ``hot_set_record_seconds`` (when anything changed) the models loaded by us
 used first, with the memory each took, are written to ``<cache_dir>/hot-set.json``. A restart of the
 server, or of a shard by supervisord, starts with that record: the recorded models whose artifacts
 are still on disk are loaded in the background, two at a time, in that order, while they fit. The
-count stays under ``max_loaded_models`` and the memory under ``memory_limit``. Nothing is unloaded
-to make room for them, and nothing is downloaded for them (a copy found damaged is fetched again, as
+count stays under ``max_loaded_models`` and the measured memory, after each load, under 90% of
+``memory_limit`` (a warm load that goes over unloads itself and ends the warm start). The eviction
+policy gets back what it knew of their requests, and those no request used yet rank as the least
+recently used, the coldest first. Nothing else is unloaded to make room for them, and nothing is downloaded for them (a copy found damaged is fetched again, as
 at any load). Each is loaded from disk at once (its files' digests checked, as at every load from
 disk) and its ETag is checked right after (a HEAD): a model overwritten in the store while the
 server was down is downloaded then and swapped in, as an update (``revalidation.py``); one deleted
@@ -25,9 +27,9 @@ from typing import TYPE_CHECKING, List, Optional, Set
 
 from ..folders import write_private_file
 from ..naming import v2_name
-from ..observability.memory import process_tree_memory
 from ..threads import in_io
-from .entries import State
+from .budgets import NoRoom
+from .entries import Entry, State
 
 if TYPE_CHECKING:
     from . import ModelLifecycle
@@ -70,7 +72,11 @@ class HotSet:
         """The models loaded by use (not pinned, not hosted), most recently used first."""
         entries = [e for e in self.lifecycle.models if e.state is State.READY and not e.pinned and not e.hosted]
         entries.sort(key=lambda e: e.last_used, reverse=True)
-        return [{"target": e.target, "memory_bytes": e.memory_bytes} for e in entries[:MAX_RECORDED]]
+        policy = self.lifecycle.models.policy
+        return [
+            {"target": e.target, "memory_bytes": e.memory_bytes, "requests": policy.requests(e.name)}
+            for e in entries[:MAX_RECORDED]
+        ]
 
     async def record(self) -> None:
         """Write the loaded models to the record, if they changed since it was written."""
@@ -117,25 +123,25 @@ class HotSet:
         """Load ``models`` (a record), in order, while they fit and their artifacts are on disk."""
         lifecycle = self.lifecycle
         started, outcomes = time.perf_counter(), {"loaded": 0, "skipped": 0}
-        limit, count = lifecycle.memory_limit, lifecycle.budgets.max_loaded_models
-        used = [process_tree_memory() if limit is not None else 0]
+        policy = lifecycle.models.policy
+        for model in models:  # the eviction policy remembers what it knew of them
+            requests = model.get("requests")
+            policy.restore(v2_name(model["target"]), requests if isinstance(requests, int) else 0)
+        count = lifecycle.budgets.max_loaded_models
+        positions = {model["target"]: index for index, model in enumerate(models)}
         queue = iter(models)
+        warm: List[Entry] = []  # loaded here, in the record's order
         full = False
 
         async def loader() -> None:
             nonlocal full
             for model in queue:  # shared by the loaders: each model is taken once
+                # every model the lifecycle holds counts, loads under way included: nothing is unloaded for these
+                if full or (count is not None and sum(not e.pinned for e in lifecycle.models) >= count):
+                    full = True
+                    return
                 target = model["target"]
                 name = v2_name(target)
-                recorded = model.get("memory_bytes")
-                memory = recorded if isinstance(recorded, int) else 0
-                # every model the lifecycle holds counts, loads under way included: nothing is unloaded for these
-                if (count is not None and sum(not e.pinned for e in lifecycle.models) >= count) or (
-                    limit is not None and used[0] + memory > limit
-                ):
-                    full = True
-                if full:
-                    return
                 if (
                     lifecycle.models.get(name) is not None  # loaded by a request already
                     or name in lifecycle.pinned  # preloaded by MLServer at start-up
@@ -144,19 +150,23 @@ class HotSet:
                 ):
                     outcomes["skipped"] += 1
                     continue
-                used[0] += memory
                 entry = lifecycle.load_in_background(target)
                 await asyncio.wait((entry.loaded,))
                 if entry.loaded.cancelled() or entry.loaded.exception() is not None:
+                    full = full or isinstance(entry.loaded.exception(), NoRoom)
                     outcomes["skipped"] += 1
                     continue
                 outcomes["loaded"] += 1
+                warm.append(entry)
                 lifecycle.revalidator.start(entry)  # its ETag, unchecked so far: swapped in if it changed
-                if limit is not None:
-                    used[0] = process_tree_memory()
                 logger.info("event=warm-load model=%s", target)
 
         await asyncio.gather(*(loader() for _ in range(LOADS_AT_ONCE)))
+        # Loads end in the record's order, each the newest: the hottest would be the oldest. Those no request
+        # used yet become the least recently used, the coldest first, so requests' models outrank them.
+        for entry in sorted(warm, key=lambda e: positions[e.target]):
+            if lifecycle.models.get(entry.name) is entry and entry.uses == 0:
+                lifecycle.models.make_oldest(entry)
         if models:
             logger.info(
                 "event=warm-start loaded=%d skipped=%d recorded=%d seconds=%.2f",

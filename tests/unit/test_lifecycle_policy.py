@@ -229,8 +229,18 @@ class FakeLoader:
         pass
 
 
+class FakeCache:
+    """The disk tier's side of a load: no replaced versions to drop."""
+
+    def has_retired(self):
+        return False
+
+    async def drop_retired(self, in_use):
+        pass
+
+
 class FakeRepository:
-    cache = SimpleNamespace()
+    cache = FakeCache()
 
     async def settings_for(self, target):
         return SimpleNamespace(parameters=SimpleNamespace(extra={}))
