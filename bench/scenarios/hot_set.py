@@ -102,7 +102,8 @@ class FakeLoader:
 
 class FakeRepository:
     def __init__(self):
-        self.cache = SimpleNamespace(evict_to_budget=self._nothing)
+        self.cache = SimpleNamespace(evict_to_budget=self._nothing, drop_retired=self._nothing,
+                                     has_retired=lambda: False)
         self.settings = SimpleNamespace(parameters=SimpleNamespace(extra={}))
 
     @staticmethod

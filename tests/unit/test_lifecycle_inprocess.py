@@ -266,3 +266,50 @@ def test_reloads_count_the_budgets_victims_loaded_again_and_nothing_else(make_se
     before = reloads()
     asyncio.run(too_large())
     assert reloads() == before  # unloaded as it loaded, never a victim of the budgets
+
+
+def on_disk(make_server, *targets):
+    """A first server's run: ``targets`` downloaded into the cache folder the next server uses."""
+
+    async def fetch():
+        first = make_server()
+        for target in targets:
+            first.lifecycle.release(await first.lifecycle.acquire(target))
+
+    asyncio.run(fetch())
+
+
+def test_a_warm_start_restores_the_policys_counts_and_ranks_its_models_below_requests_models(make_server):
+    on_disk(make_server, HOUSTON, CHICAGO, LOS_ANGELES)
+
+    async def scenario():
+        mme = make_server(max_loaded_models=3)
+        mme.lifecycle.release(await mme.lifecycle.acquire(LOS_ANGELES))  # a request's, before the warm start
+        record = [{"target": HOUSTON, "memory_bytes": 0, "requests": 3}, {"target": CHICAGO, "memory_bytes": 0,
+                                                                         "requests": 1}]
+        await mme.lifecycle.hot_set.warm_up(record)
+        order = [entry.name for entry in mme.lifecycle.models]
+        policy = mme.lifecycle.models.policy
+        return mme, order, policy.requests("Houston_TX"), policy.requests("Chicago_IL")
+
+    mme, order, houston, chicago = asyncio.run(scenario())
+    assert order == ["Chicago_IL", "Houston_TX", "LosAngeles_CA"]  # the coldest recorded model goes first
+    assert (houston, chicago) == (3, 1)
+    assert mme.unloads == []
+
+
+def test_a_warm_start_unloads_no_model_and_stops_where_memory_runs_short(make_server):
+    on_disk(make_server, HOUSTON, CHICAGO, LOS_ANGELES)
+
+    async def scenario():
+        mme = make_server(memory_limit="300")
+        lifecycle = mme.lifecycle
+        lifecycle.budgets.measure = lambda: 120 * sum(entry.model is not None for entry in lifecycle.models)
+        mme.lifecycle.release(await lifecycle.acquire(LOS_ANGELES))  # 120 of 300
+        record = [{"target": target, "memory_bytes": 0} for target in (HOUSTON, CHICAGO)]
+        await lifecycle.hot_set.warm_up(record)  # two fit 240 < 270 (90%); three would be 360
+        return mme
+
+    mme = asyncio.run(scenario())
+    assert "LosAngeles_CA" in mme.ready() and len(mme.ready()) == 2
+    assert len(mme.unloads) == 1 and mme.unloads[0] in ("Houston_TX", "Chicago_IL")  # the warm load itself
