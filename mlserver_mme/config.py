@@ -55,8 +55,9 @@ class MMESettings(BaseSettings):
 
     eviction_policy: Literal["lru", "tinylfu"] = "tinylfu"
     """Which model is unloaded when a budget needs room: ``tinylfu`` weighs how often each model was
-    requested lately (loaded or not) and what its miss costs (measured load seconds per byte held), so a
-    model loaded for a one-off request goes first; ``lru`` unloads the least recently used."""
+    requested lately (loaded or not) and what its miss costs (measured load seconds, per byte held when
+    memory is short), so a model loaded for a one-off request goes first; ``lru`` unloads the least
+    recently used."""
 
     memory_limit: Optional[str] = None
     """Measured memory of the server and its workers: bytes, ``2GiB``/``500MB``, or ``80%`` of the

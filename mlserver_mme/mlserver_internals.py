@@ -300,6 +300,11 @@ def cloud_event_headers(parts: MLServerParts) -> Callable[[ModelSettings, str], 
 _PLACEHOLDER = "\x00request-id\x00"  # no settings value holds a NUL
 
 
+def rest_app_middlewares(app) -> List[str]:
+    """The class names of the middlewares MLServer put in its REST app (GZip, CORS, Prometheus, tracing...)."""
+    return [middleware.cls.__name__ for middleware in app.user_middleware]
+
+
 def rest_app_compresses(app) -> bool:
     """Whether MLServer's REST app gzips answers (``gzip_enabled``: its GZip middleware is in place)."""
     return any(middleware.cls is GZipMiddleware for middleware in app.user_middleware)

@@ -42,7 +42,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import Receive, Scope, Send
 
 from ..errors import ArtifactNotFound, MMEError
-from ..lifecycle import ModelLifecycle
+from ..lifecycle import ModelLifecycle, State
 from ..lifecycle.v2 import V2Gate
 from ..naming import v2_name
 from ..observability.model_metrics import OTHER, model_metrics
@@ -223,18 +223,20 @@ class FastV2:
         if parsed is None:
             return False
         started = time.perf_counter()
+        if not serves(self.lifecycle, target):
+            return False  # not loaded yet (MLServer's path loads it, counted once) or not ours
         try:
             entry = await self.lifecycle.acquire(target)
-        except MMEError as error:
+        except MMEError as error:  # unloaded meanwhile, and its load failed
             known = not isinstance(error, ArtifactNotFound) and self.lifecycle.models.get(v2_name(target)) is not None
             # made-up names never take a label value (as on the SageMaker route)
             self.model_metrics.record(target if known else OTHER, str(error.status_code), time.perf_counter() - started)
-            await _error(send, error)
+            await self._answer(scope, receive, send, error.status_code, *_error(error))
             return True
         try:
             model = entry.model
             if type(model) is not XGBoostModel or not plain_settings(model):
-                return False
+                return False  # overwritten by another runtime's artifact while unloaded: rare, counted twice
             features = parsed.features
             rows = features.shape[0]
             offload = big or is_big_answer(rows, model.values_per_row) or is_costly(rows, model.visits_per_row)
@@ -245,7 +247,7 @@ class FastV2:
                 predictions = await self.batches.run(predictor, features) if offload else predictor(features)
             except MMEError as error:
                 self.model_metrics.record(target, str(error.status_code), time.perf_counter() - started)
-                await _error(send, error)
+                await self._answer(scope, receive, send, error.status_code, *_error(error))
                 return True
             except Exception:
                 return False  # MLServer predicts again and answers its own error
@@ -270,23 +272,38 @@ class FastV2:
                     (HEADER_LENGTH, str(header_length).encode()),
                     *headers[1:],
                 ]
-        elif compressible:
-            await self._gzipped(scope, receive, send, body, headers)
-            self.model_metrics.record(target, "200", time.perf_counter() - started)
-            return True
-        await respond(send, 200, body, headers)
+            await respond(send, 200, body, headers)
+        else:
+            await self._answer(scope, receive, send, 200, body, headers)
         self.model_metrics.record(target, "200", time.perf_counter() - started)
         return True
 
-    @staticmethod
-    async def _gzipped(scope: Scope, receive: Receive, send: Send, body: bytes, headers: list) -> None:
-        """The answer through Starlette's GZip middleware, as MLServer's app sends it (``Vary``, and
-        compressed when the client takes gzip)."""
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, status: int, body: bytes, headers: list) -> None:
+        """An answer as MLServer's app sends it: through Starlette's GZip middleware when the app has it and
+        the body is long enough (``Vary``, and compressed when the client takes gzip), errors included."""
+        if not (self.gzip and len(body) >= GZIP_MINIMUM):
+            await respond(send, status, body, headers)
+            return
 
         async def answer(scope: Scope, receive: Receive, send: Send) -> None:
-            await respond(send, 200, body, headers)
+            await respond(send, status, body, headers)
 
         await GZipMiddleware(answer, minimum_size=GZIP_MINIMUM)(scope, receive, send)
+
+
+def serves(lifecycle: ModelLifecycle, target: str) -> bool:
+    """Whether ``target``'s model is loaded and ours, so the fast path answers it (REST and gRPC alike).
+
+    A model not loaded yet goes to MLServer's path, which loads it through the lifecycle: the fast path
+    never loads a model it may then hand over, which would count the request twice.
+    """
+    entry = lifecycle.models.get(v2_name(target))
+    return (
+        entry is not None
+        and entry.state is State.READY
+        and type(entry.model) is XGBoostModel
+        and plain_settings(entry.model)
+    )
 
 
 def plain_settings(model: XGBoostModel) -> bool:
@@ -296,7 +313,7 @@ def plain_settings(model: XGBoostModel) -> bool:
     return not settings.inputs and (parameters is None or parameters.content_type in (None, "np"))
 
 
-async def _error(send: Send, error: MMEError) -> None:
-    """MLServer's error answer (its exception handler: the error's status, ``{"error": str}`` by orjson)."""
-    await respond(send, error.status_code, orjson.dumps({"error": str(error)}), [(b"content-type", b"application/json")])
+def _error(error: MMEError) -> Tuple[bytes, list]:
+    """MLServer's error answer (its exception handler: ``{"error": str}`` by orjson), its body and headers."""
+    return orjson.dumps({"error": str(error)}), [(b"content-type", b"application/json")]
 

@@ -35,7 +35,7 @@ from ..naming import v2_name
 from ..observability.model_metrics import OTHER, model_metrics
 from ..runtimes.xgboost import XGBoostModel
 from .offload import BatchPool, is_big_answer, is_costly
-from .v2_fast import DATATYPE_OF, NUMPY_DTYPES, plain_id, plain_settings
+from .v2_fast import DATATYPE_OF, NUMPY_DTYPES, plain_id, plain_settings, serves
 
 # Where MLServer's converter writes each datatype's values (``mlserver.grpc.converters._FIELDS``).
 CONTENTS = {
@@ -146,15 +146,17 @@ class FastModelInfer:
             return None
         features, raw = parsed
         started = time.perf_counter()
+        if not serves(self.lifecycle, target):
+            return None  # not loaded yet (MLServer's path loads it, counted once) or not ours
         try:
             entry = await self.lifecycle.acquire(target)
-        except MMEError as error:
+        except MMEError as error:  # unloaded meanwhile, and its load failed
             known = not isinstance(error, ArtifactNotFound) and self.lifecycle.models.get(v2_name(target)) is not None
             await self._abort(context, error, target if known else OTHER, started)
         try:
             model = entry.model
             if type(model) is not XGBoostModel or not plain_settings(model):
-                return None
+                return None  # overwritten by another runtime's artifact while unloaded: rare, counted twice
             rows = features.shape[0]
             offload = big or is_big_answer(rows, model.values_per_row) or is_costly(rows, model.visits_per_row)
             version = model.settings.parameters.version if model.settings.parameters else None

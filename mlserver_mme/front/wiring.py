@@ -8,6 +8,9 @@ it, guards the gRPC repository calls, and puts the V2 compatibility (with the V2
 SageMaker middlewares first in MLServer's REST app.
 """
 
+import logging
+from typing import Optional
+
 from mlserver import MLModel
 
 from .. import mlserver_internals
@@ -22,6 +25,12 @@ from .sagemaker import SageMakerMiddleware, new_request_id
 from .v2_compat import V2CompatMiddleware
 from .v2_fast import FastV2
 from .v2_fast_grpc import FastModelInfer
+
+logger = logging.getLogger("mlserver.mme")
+
+# MLServer's REST middlewares the fast path stands in for: it gzips as GZipMiddleware does, and its requests
+# are counted in the per-model metrics instead of the REST metrics' (docs/protocols.md)
+HANDLED = frozenset({"GZipMiddleware", "PrometheusMiddleware", "V2CompatMiddleware", "SageMakerMiddleware"})
 
 
 class SageMakerRouter(MLModel):
@@ -50,10 +59,15 @@ class SageMakerRouter(MLModel):
         return True
 
 
-def fast_paths(parts: mlserver_internals.MLServerParts, lifecycle: ModelLifecycle, gate: V2Gate, settings: MMESettings) -> FastV2:
+def fast_paths(
+    parts: mlserver_internals.MLServerParts, lifecycle: ModelLifecycle, gate: V2Gate, settings: MMESettings
+) -> Optional[FastV2]:
     """The V2 fast paths: gRPC ModelInfer's put in place here, REST's returned for V2CompatMiddleware.
 
-    Both share one batch pool (one thread per CPU) and MLServer's CloudEvents headers.
+    Both share one batch pool (one thread per CPU) and MLServer's CloudEvents headers. REST's is None
+    when MLServer's app has middlewares the fast path would skip, other than GZip (which it applies as
+    MLServer does) and the REST metrics (documented): CORS (``cors_settings``) or tracing
+    (``tracing_server``) then keep every V2 REST request on MLServer's path.
     """
     batches = BatchPool()
     cloud_events = mlserver_internals.cloud_event_headers(parts)
@@ -63,5 +77,9 @@ def fast_paths(parts: mlserver_internals.MLServerParts, lifecycle: ModelLifecycl
         batches,
     )
     mlserver_internals.shortcut_model_infer(parts.registry, shortcut)
+    skipped = [name for name in mlserver_internals.rest_app_middlewares(parts.rest_app) if name not in HANDLED]
+    if skipped:
+        logger.info("event=v2-fast-path-rest-off reason=%s (gRPC's stays)", ",".join(skipped))
+        return None
     gzip = mlserver_internals.rest_app_compresses(parts.rest_app)
     return FastV2(lifecycle, gate, top_k, cloud_events, gzip=gzip, new_id=new_request_id, batches=batches)

@@ -179,7 +179,6 @@ class ModelLifecycle:
         return await self.repository.settings_for(entry.target, unverified=True)
 
     async def _load(self, entry: Entry, prepare: Prepare, evicts: bool = True) -> None:
-        started = self.clock()
         try:
             async with entry.operation:
                 # preloaded by MLServer at start-up (only those: any other name is the lifecycle's alone)
@@ -188,7 +187,6 @@ class ModelLifecycle:
                     entry.model, entry.etag = model, _extra(model).get("etag", "")
                 else:
                     await self._load_artifact(entry, prepare, evicts)
-                entry.load_seconds = self.clock() - started
                 self.models.set_state(entry, State.READY)
                 self.models.touch(entry, used=False)  # the newest: not a victim before its waiters use it
         except BaseException as error:
@@ -223,7 +221,9 @@ class ModelLifecycle:
             raise NoRoom(f"no room for '{entry.target}' without unloading a model")
         if evicts:
             await self.budgets.make_room(entry)  # only now: a missing artifact unloads nothing
+        started = self.clock()  # what a miss costs once the artifact is on disk: the runtime's load
         entry.model, entry.memory_bytes = await self.loader.load(entry.target, settings)
+        entry.load_seconds = self.clock() - started
         entry.etag = settings.parameters.extra.get("etag", "")
         if not evicts:
             if not self.budgets.within_memory(WARM_MEMORY_SHARE):

@@ -74,7 +74,7 @@ class Budgets:
         if self.max_loaded_models is None:
             return
         while self.models.counted() > self.max_loaded_models:
-            victim = self.models.victim(protect)
+            victim = self.models.victim(protect, for_memory=False)
             if victim is None:
                 break  # the others are busy: over the count until they are not
             await self.unload(victim, "count")

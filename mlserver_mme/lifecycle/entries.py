@@ -45,7 +45,7 @@ class Entry:
     model: Optional[MLModel] = None
     etag: str = ""
     memory_bytes: int = 0  # measured growth of the server's memory when it loaded
-    load_seconds: float = 0.0  # measured from the load's start to READY (fetch, check and load)
+    load_seconds: float = 0.0  # the runtime's measured load: what a miss costs once the artifact is on disk
     uses: int = 0  # requests that used it since it loaded
     in_flight: int = 0
     waiting: int = 0  # requests waiting for it to become READY
@@ -127,7 +127,7 @@ class ModelTable:
         """Models that count against ``max_loaded_models``: loading or loaded, not pinned."""
         return sum(not e.pinned and e.state in (State.LOADING, State.READY) for e in self._entries.values())
 
-    def victim(self, protect: Optional[Entry] = None) -> Optional[Entry]:
+    def victim(self, protect: Optional[Entry] = None, for_memory: bool = True) -> Optional[Entry]:
         """The policy's choice among the models that can be unloaded at once, without waiting for anything."""
         candidates = [
             entry for entry in self._entries.values()
@@ -138,4 +138,4 @@ class ModelTable:
             and entry.waiting == 0
             and not entry.operation.locked()
         ]
-        return self.policy.choose(candidates)
+        return self.policy.choose(candidates, per_byte=for_memory)

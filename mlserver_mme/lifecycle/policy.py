@@ -12,8 +12,9 @@ those constraints are the table's: no policy can unload a pinned or busy model.
   requests, as TinyLFU ages its sketch, so the history stays small and follows changes in
   popularity: TinyLFU's cap of 15 kept ~1 point more hit ratio on a steady Zipf trace but
   took twice as long to settle after a shift of popularity). A model's worth is its
-  frequency times the square root of what a miss of it costs (its measured load seconds)
-  per byte it holds (its measured memory), in half-octave steps (the root: with counts this
+  frequency times the square root of what a miss of it costs (its measured load seconds),
+  per byte it holds (its measured memory) when the room needed is memory, not a count of
+  models, in half-octave steps (the root: with counts this
   coarse, the full ratio outweighed frequency and saved fewer load seconds in ``python -m
   bench hot_set``; it also damps the noise of measured memory). Among equal worth, a model
   not used again since its load (on probation, as in S3-FIFO) goes first, then the least
@@ -42,8 +43,11 @@ class Policy(Protocol):
     def used(self, name: str, loaded: int) -> None:
         """A request used the model ``name``; ``loaded`` models are in the table."""
 
-    def choose(self, candidates: List["Entry"]) -> Optional["Entry"]:
-        """The victim among ``candidates`` (least recently used first), or None if there are none."""
+    def choose(self, candidates: List["Entry"], per_byte: bool = True) -> Optional["Entry"]:
+        """The victim among ``candidates`` (least recently used first), or None if there are none.
+
+        ``per_byte``: room is made for memory (what a model holds counts); else for the count of models.
+        """
 
     def requests(self, name: str) -> int:
         """What the policy remembers of ``name``'s requests (recorded for a warm restart)."""
@@ -64,7 +68,7 @@ class LRU:
     def restore(self, name: str, requests: int) -> None:
         pass
 
-    def choose(self, candidates: List["Entry"]) -> Optional["Entry"]:
+    def choose(self, candidates: List["Entry"], per_byte: bool = True) -> Optional["Entry"]:
         return candidates[0] if candidates else None
 
 
@@ -110,18 +114,20 @@ class TinyLFU:
         if requests > 0:
             self.history.counts[name] = min(requests, _CAP)
 
-    def worth(self, entry: "Entry") -> float:
-        """Requests in the history x the square root of load seconds per byte held."""
-        cost = max(entry.load_seconds, _MIN_SECONDS) / max(entry.memory_bytes, _MIN_BYTES)
+    def worth(self, entry: "Entry", per_byte: bool = True) -> float:
+        """Requests in the history x the square root of load seconds (per byte held, when memory is short)."""
+        cost = max(entry.load_seconds, _MIN_SECONDS)
+        if per_byte:
+            cost /= max(entry.memory_bytes, _MIN_BYTES)
         return self.history[entry.name] * math.sqrt(cost)
 
-    def rank(self, entry: "Entry") -> tuple:
-        worth = self.worth(entry)
+    def rank(self, entry: "Entry", per_byte: bool = True) -> tuple:
+        worth = self.worth(entry, per_byte)
         step = math.floor(2 * math.log2(worth)) if worth > 0 else -(10**9)
         return (step, entry.uses > 1)  # then, with equal rank, the earlier (least recently used) candidate
 
-    def choose(self, candidates: List["Entry"]) -> Optional["Entry"]:
-        return min(candidates, key=self.rank, default=None)  # min keeps the first of equals
+    def choose(self, candidates: List["Entry"], per_byte: bool = True) -> Optional["Entry"]:
+        return min(candidates, key=lambda entry: self.rank(entry, per_byte), default=None)  # the first of equals
 
 
 def make_policy(name: str) -> Policy:

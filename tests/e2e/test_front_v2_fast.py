@@ -5,7 +5,9 @@ Two servers over the same models: one with the fast path (``front/v2_fast.py``),
 servicer). Each request goes to both; status, headers (but ``date``) and body must be the same bytes,
 made-up ids aside (a request naming its id gets it back on both); over gRPC, the status, the details,
 the trailing metadata and the serialized answer. The per-model request count on the fast server tells
-which requests the fast path answered, so the corpus also pins what falls through to MLServer.
+which requests the fast path answered, so the corpus also pins what falls through to MLServer. The
+fast path answers loaded models only: the fixture loads them first (a model's first call, which
+loads it, goes through MLServer's path).
 """
 
 import io
@@ -63,6 +65,10 @@ def pair(s3, artifacts, tmp_path_factory):
             work = tmp_path_factory.mktemp(name)
             env = {**s3_env(s3, PREFIX), "MLSERVER_MME_CACHE_DIR": str(work / "cache"), "MLSERVER_MME_V2_FAST_PATH": on}
             servers.append(MLServerProcess(env, str(work / "mlserver.log")).start())
+        for server in servers:  # the fast path answers loaded models: the first call of each loads it
+            for model in ("Houston_TX", "multiclass"):
+                reply = httpx.post(f"{server.url}/v2/models/{model}/infer", content=request(tensor("FP32", ROW, [1, 6])))
+                assert reply.status_code == 200, reply.text
         yield servers
     finally:
         for server in servers:
@@ -138,7 +144,8 @@ CORPUS = [
     ("multiclass", "multiclass", request(tensor("FP32", SMALL * 4, [4, 6])), {}, True),
     ("multiclass binary", "multiclass", request(tensor("FP64", SMALL * 2, [2, 6]), parameters={"binary_data_output": True}), {}, True),
     ("too few features", "Houston_TX", request(tensor("FP32", ROW[:5], [1, 5])), {}, True),
-    ("no such model", "nope", request(tensor("FP32", ROW, [1, 6])), {}, True),
+    ("no such model", "nope", request(tensor("FP32", ROW, [1, 6])), {}, False),
+    ("a long made-up name", "x" * 600, request(tensor("FP32", ROW, [1, 6])), {"Accept-Encoding": "gzip"}, False),
     ("gzip, a small answer", "Houston_TX", request(tensor("FP32", ROW, [1, 6])), {"Accept-Encoding": "gzip"}, True),
     ("gzip, a big answer", "Houston_TX", request(tensor("FP32", FLAT * 20, [len(ROWS) * 20, 6])), {"Accept-Encoding": "gzip"}, True),
     ("binary fp32", "Houston_TX", *binary([np.asarray(ROWS, dtype=np.float32)]), True),
@@ -226,6 +233,40 @@ def test_gzip_answer_is_compressed_alike(pair):
     assert json.loads(raw[0])["outputs"][0]["shape"] == [len(ROWS) * 20, 1]
 
 
+def mme_requests(server) -> float:
+    """Requests the lifecycle counted: hits and misses."""
+    text = httpx.get(f"http://127.0.0.1:{server.env['MLSERVER_METRICS_PORT']}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(("mme_model_cache_hits_total ", "mme_model_cache_misses_total ")))
+
+
+def test_requests_left_to_mlserver_are_counted_once(pair):
+    """Another runtime's model, cold then warm: each request counts once in the lifecycle, on both servers."""
+    body = request(tensor("FP32", ROW, [1, 6]))
+    for server in pair:
+        before = mme_requests(server)
+        for _ in range(5):
+            assert httpx.post(f"{server.url}/v2/models/custom~2Fdoubler/infer", content=body).status_code == 200
+        assert mme_requests(server) - before == 5
+
+
+def test_with_cors_every_v2_rest_request_goes_through_mlservers_app(s3, pair, tmp_path):
+    """MLServer's CORS (and tracing) middlewares are not the fast path's to stand in for: it stays off for REST."""
+    env = {**s3_env(s3, PREFIX), "MLSERVER_MME_CACHE_DIR": str(tmp_path / "cache"),
+           "MLSERVER_CORS_SETTINGS": json.dumps({"allow_origins": ["*"]})}
+    server = MLServerProcess(env, str(tmp_path / "mlserver.log")).start()
+    try:
+        for _ in range(2):  # cold, then warm
+            reply = httpx.post(f"{server.url}/v2/models/Houston_TX/infer", content=request(tensor("FP32", ROW, [1, 6])),
+                               headers={"Origin": "https://example.com"})
+            assert reply.status_code == 200, reply.text
+            assert reply.headers["access-control-allow-origin"] == "*"
+        assert fast_answers(server) == 0
+        assert "event=v2-fast-path-rest-off reason=CORSMiddleware" in server.log()
+    finally:
+        server.stop()
+
+
 def test_own_id_comes_back_unchanged(pair):
     fast_server, _ = pair
     body = request(tensor("FP32", ROW, [1, 6]), id="request-7")
@@ -271,7 +312,7 @@ GRPC_CORPUS = [
     ("multiclass", infer("multiclass", grpc_tensor("FP32", [4, 6], fp32_contents=SMALL * 4)), True),
     ("multiclass raw", raw_request("multiclass", np.asarray([SMALL, SMALL], dtype=np.float32), "FP32"), True),
     ("too few features", infer("Houston_TX", grpc_tensor("FP32", [1, 5], fp32_contents=ROW[:5])), True),
-    ("no such model", infer("nope", grpc_tensor("FP32", [1, 6], fp32_contents=ROW)), True),
+    ("no such model", infer("nope", grpc_tensor("FP32", [1, 6], fp32_contents=ROW)), False),
     # what falls through to MLServer
     ("request parameters", infer("Houston_TX", grpc_tensor("FP32", [1, 6], fp32_contents=ROW),
                                  parameters={"content_type": pb.InferParameter(string_param="np")}), False),

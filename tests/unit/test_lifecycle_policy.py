@@ -153,6 +153,15 @@ def test_the_choice_weighs_load_seconds_against_memory_held():
         use(table, "large2", 15)
         use(table, "small2", 1)
         assert table.victim().name == "small2"
+        # room for the count of models: bytes held do not matter, a one-off goes before a model used often
+        table = ModelTable(policy)
+        for name, seconds, memory, uses in (("hot", 0.8, 400 * MIB, 3), ("once", 0.15, 2 * MIB, 1)):
+            entry = Entry(name, name, load_seconds=seconds, memory_bytes=memory)
+            table.add(entry)
+            table.set_state(entry, State.READY)
+            use(table, name, uses)
+        assert table.victim(for_memory=True).name == "hot"  # for memory: 200 times the bytes
+        assert table.victim(for_memory=False).name == "once"
 
     run(scenario)
 
