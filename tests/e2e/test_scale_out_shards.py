@@ -322,7 +322,9 @@ def test_each_shard_has_its_share_of_the_budget_and_its_own_cache_folder(front):
     shares = {environ(front.shard_pid(i)).get("MLSERVER_MME_MAX_LOADED_MODELS") for i in range(SHARDS)}
     assert shares == {"31", "30"}
     folders = sorted(os.listdir(front.cache))
-    assert folders == ["serve", "shard-0", "shard-1", "shard-2"]
+    assert folders == [".lock", "serve", "shard-0", "shard-1", "shard-2"]  # .lock: serve's, held by supervisord
+    with open(os.path.join(front.cache, ".lock")) as lock:
+        assert lock.read() == f"{front.process.pid}\n"  # serve's process, which became supervisord
     for i in range(SHARDS):  # every shard downloaded models into its own folder
         assert os.listdir(os.path.join(front.cache, f"shard-{i}", "models"))
 
