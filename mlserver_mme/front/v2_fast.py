@@ -228,9 +228,8 @@ class FastV2:
         try:
             entry = await self.lifecycle.acquire(target)
         except MMEError as error:  # unloaded meanwhile, and its load failed
-            known = not isinstance(error, ArtifactNotFound) and self.lifecycle.models.get(v2_name(target)) is not None
-            # made-up names never take a label value (as on the SageMaker route)
-            self.model_metrics.record(target if known else OTHER, str(error.status_code), time.perf_counter() - started)
+            label = failed_label(self.lifecycle, target, error)
+            self.model_metrics.record(label, str(error.status_code), time.perf_counter() - started)
             await self._answer(scope, receive, send, error.status_code, *_error(error))
             return True
         try:
@@ -304,6 +303,13 @@ def serves(lifecycle: ModelLifecycle, target: str) -> bool:
         and type(entry.model) is XGBoostModel
         and plain_settings(entry.model)
     )
+
+
+def failed_label(lifecycle: ModelLifecycle, target: str, error: MMEError) -> str:
+    """The per-model metrics' label of a request whose model failed to load: made-up names never take a label
+    value of their own (as on the SageMaker route)."""
+    known = not isinstance(error, ArtifactNotFound) and lifecycle.models.get(v2_name(target)) is not None
+    return target if known else OTHER
 
 
 def plain_settings(model: XGBoostModel) -> bool:

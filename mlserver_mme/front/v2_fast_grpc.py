@@ -28,14 +28,13 @@ import numpy as np
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.settings import ModelSettings
 
-from ..errors import ArtifactNotFound, MMEError
+from ..errors import MMEError
 from ..lifecycle import ModelLifecycle
 from ..lifecycle.v2 import V2Gate
-from ..naming import v2_name
-from ..observability.model_metrics import OTHER, model_metrics
+from ..observability.model_metrics import model_metrics
 from ..runtimes.xgboost import XGBoostModel
 from .offload import BatchPool, is_big_answer, is_costly
-from .v2_fast import DATATYPE_OF, NUMPY_DTYPES, plain_id, plain_settings, serves
+from .v2_fast import DATATYPE_OF, NUMPY_DTYPES, failed_label, plain_id, plain_settings, serves
 
 # Where MLServer's converter writes each datatype's values (``mlserver.grpc.converters._FIELDS``).
 CONTENTS = {
@@ -151,8 +150,7 @@ class FastModelInfer:
         try:
             entry = await self.lifecycle.acquire(target)
         except MMEError as error:  # unloaded meanwhile, and its load failed
-            known = not isinstance(error, ArtifactNotFound) and self.lifecycle.models.get(v2_name(target)) is not None
-            await self._abort(context, error, target if known else OTHER, started)
+            await self._abort(context, error, failed_label(self.lifecycle, target, error), started)
         try:
             model = entry.model
             if type(model) is not XGBoostModel or not plain_settings(model):
