@@ -313,3 +313,23 @@ def test_a_warm_start_unloads_no_model_and_stops_where_memory_runs_short(make_se
     mme = asyncio.run(scenario())
     assert "LosAngeles_CA" in mme.ready() and len(mme.ready()) == 2
     assert len(mme.unloads) == 1 and mme.unloads[0] in ("Houston_TX", "Chicago_IL")  # the warm load itself
+
+
+@pytest.mark.parametrize("record", [
+    b"{not json",
+    json.dumps({"prefix": "s3://someone-else/", "models": [{"target": HOUSTON}]}).encode(),
+    json.dumps({"models": "not a list"}).encode(),
+    json.dumps([HOUSTON]).encode(),
+])
+def test_a_record_that_is_not_this_servers_loads_nothing(make_server, record):
+    on_disk(make_server, HOUSTON)
+
+    async def scenario():
+        mme = make_server()
+        with open(os.path.join(mme.repository.settings.cache_dir, "hot-set.json"), "wb") as file:
+            file.write(record)
+        await mme.lifecycle.hot_set.warm_up(mme.lifecycle.hot_set._read())
+        return mme
+
+    mme = asyncio.run(scenario())
+    assert mme.ready() == set() and mme.loads == []
