@@ -228,6 +228,7 @@ def test_a_deep_model_predicts_its_batches_off_the_loop_so_ping_stays_quick(pref
     body = b"1e9,0,0,0,0,0\n" * 4096  # 24 KiB, every row down every chain: about 200 million visits
     replies = []
     batch = threading.Thread(target=lambda: replies.append(call(server, "deep.tar.gz", body)))
+    batch_started = time.monotonic()
     batch.start()
     pings = []
     while batch.is_alive():
@@ -235,9 +236,12 @@ def test_a_deep_model_predicts_its_batches_off_the_loop_so_ping_stays_quick(pref
         assert httpx.get(server.url + "/ping", timeout=10).status_code == 200
         pings.append(time.monotonic() - started)
     batch.join()
+    batch_seconds = time.monotonic() - batch_started
     assert replies[0].status_code == 200 and len(replies[0].json()) == 4096
     assert len(pings) >= 5, pings  # the batch took long enough to be measured against
-    assert max(pings) < 0.1, sorted(pings)[-3:]
+    # on the loop, a ping would wait for the whole prediction; off it, a ping takes a few ms (more on a busy
+    # machine, never a good part of the batch)
+    assert max(pings) < max(0.1, batch_seconds / 4), (batch_seconds, sorted(pings)[-3:])
 
 
 def test_made_up_targets_with_unreadable_bodies_take_no_metric_label(prefix, start_server):
