@@ -41,14 +41,23 @@ MAX_RECORDED = 10_000  # models; a record stays a few hundred KB at most
 LOADS_AT_ONCE = 2  # a HEAD, a read from disk and a parse each: two keep a core busy
 
 
+def read_record(cache_dir: str) -> Optional[dict]:
+    """The record in ``cache_dir`` (a JSON object), or None if there is none or it cannot be read as one."""
+    path = os.path.join(cache_dir, FILE_NAME)
+    try:
+        with open(path) as file:
+            record = json.load(file)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        logger.warning("event=hot-set-unreadable path=%s error=%s", path, error)
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def recorded_prefix(cache_dir: str) -> Optional[str]:
     """The model prefix whose models the record in ``cache_dir`` lists, if there is a readable record."""
-    try:
-        with open(os.path.join(cache_dir, FILE_NAME)) as file:
-            record = json.load(file)
-    except (OSError, ValueError):
-        return None
-    prefix = record.get("prefix") if isinstance(record, dict) else None
+    prefix = (read_record(cache_dir) or {}).get("prefix")
     return prefix if isinstance(prefix, str) else None
 
 
@@ -103,16 +112,9 @@ class HotSet:
         await self._record_every()
 
     def _read(self) -> List[dict]:
-        try:
-            with open(self.path) as file:
-                record = json.load(file)
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError) as error:
-            logger.warning("event=hot-set-unreadable path=%s error=%s", self.path, error)
-            return []
-        if not isinstance(record, dict) or record.get("prefix") != self.prefix:
-            return []  # another prefix's models, or not a record
+        record = read_record(os.path.dirname(self.path))
+        if record is None or record.get("prefix") != self.prefix:
+            return []  # another prefix's models, or no record
         models = record.get("models")
         if not isinstance(models, list):
             return []
