@@ -100,7 +100,7 @@ class ModelTable:
         self._entries.move_to_end(entry.name)
         if used:
             entry.uses += 1
-            self.policy.used(entry.name, self._ready)
+            self.policy.used(entry.name, self._ready, missed=entry.uses == 1)  # its first use: the request that loaded it
 
     def make_oldest(self, entry: Entry) -> None:
         """``entry`` becomes the least recently used (a warm restart's model no request used yet)."""

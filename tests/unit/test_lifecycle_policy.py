@@ -46,23 +46,60 @@ def test_the_history_caps_counts_halves_them_and_forgets_names_down_to_nothing()
     history = FrequencyHistory()
     for _ in range(40):
         history.add("hot", loaded=0)
-    assert history["hot"] == 3  # capped
+    assert history["hot"] == 15  # capped
     for i in range(59):
         history.add(f"once-{i}", loaded=0)
     assert history.added == 99 and len(history) == 60
     history.add("once-0", loaded=0)  # the 100th request since the last halving (the smallest window)
     assert history.added == 0
-    assert history["hot"] == 1 and history["once-0"] == 1 and history["once-1"] == 0
-    assert len(history) == 2  # names counted once are forgotten: the history stays small
+    assert history["hot"] == 7 and history["once-0"] == 1 and history["once-1"] == 0
+    assert len(history) == 2 and set(history.last) == {"hot", "once-0"}  # names counted once are forgotten
+    assert history.shifts == 0  # no request missed: no shift of popularity
 
 
 def test_the_history_window_grows_with_the_models_loaded():
     history = FrequencyHistory()
-    for _ in range(999):
-        history.add("a", loaded=100)  # window: 10 requests per loaded model
-    assert history.added == 999
+    for _ in range(4999):
+        history.add("a", loaded=100)  # window: 50 requests per loaded model
+    assert history.added == 4999
     history.add("a", loaded=100)
-    assert history.added == 0 and history["a"] == 1
+    assert history.added == 0 and history["a"] == 7
+
+
+def steady(history, names, periods, loaded=20):
+    """``periods`` periods of requests going round ``names``, each finding its model loaded."""
+    for i in range(100 * periods):
+        history.add(names[i % len(names)], loaded)
+
+
+def test_a_shift_of_popularity_clears_the_history_but_a_scan_does_not():
+    history = FrequencyHistory()
+    old = [f"old{i}" for i in range(10)]
+    steady(history, old, 3)
+    assert history.shifts == 0 and all(history[name] == 15 for name in old)
+    for i in range(300):  # a scan: each model asked for once, each a miss
+        history.add(f"scan{i}", loaded=20, missed=True)
+    assert history.shifts == 0 and all(history[name] == 15 for name in old)
+    new = [f"new{i}" for i in range(10)]
+    for i in range(99):  # new favourites, asked for again and again, keep missing: the old ones take the room
+        history.add(new[i % 10], loaded=20, missed=i % 3 == 0)
+    assert history.shifts == 0
+    history.add(new[9], loaded=20)  # the period's end: 29 of its 90 repeated requests missed
+    assert history.shifts == 1
+    assert history.counts == {name: 1 for name in new}  # the old favourites are forgotten at once
+    steady(history, new, 1)
+    assert history.shifts == 1 and history["new0"] == 11
+
+
+def test_a_workload_that_always_misses_that_much_is_no_shift():
+    history = FrequencyHistory()
+    names = [f"m{i}" for i in range(10)]
+    fired = []
+    for _ in range(8):  # every other repeated request misses, period after period
+        for i in range(100):
+            history.add(names[i % 10], loaded=20, missed=i % 2 == 0)
+        fired.append(history.shifts)
+    assert fired[0] == 1 and fired[-1] == fired[-2] == fired[-3]  # taken for a shift at first, then the usual
 
 
 # -- choices --------------------------------------------------------------------------------------------
@@ -115,19 +152,34 @@ def test_among_equals_a_model_on_probation_goes_before_one_used_again_then_the_l
     run(scenario)
 
 
-def test_a_shift_of_popularity_ages_out_the_old_hot_set():
+def test_an_old_favourite_ages_out_as_the_counts_are_halved():
     async def scenario():
         policy = TinyLFU()
         table = table_of(policy, ["old", "new"])
         use(table, "old", 15)
         use(table, "new", 2)
         assert table.victim().name == "new"
-        for _ in range(3):  # the old favourite is no longer asked for: each window halves its count
+        for _ in range(4):  # the old favourite is no longer asked for: each window halves its count
             use(table, "new")
             while policy.history.added:
                 use(table, "new")
-        assert policy.history["old"] == 0 and policy.history["new"] == 1
+        assert policy.history["old"] == 0 and policy.history["new"] == 7
         assert table.victim().name == "old"
+
+    run(scenario)
+
+
+def test_the_table_tells_the_policy_which_request_loaded_a_model():
+    calls = []
+
+    class Recording(LRU):
+        def used(self, name, loaded, missed=False):
+            calls.append((name, loaded, missed))
+
+    async def scenario():
+        table = table_of(Recording(), ["a", "b"])
+        use(table, "a", 2)
+        assert calls == [("a", 2, True), ("a", 2, False)]  # its first use is the request that loaded it
 
     run(scenario)
 
