@@ -8,7 +8,7 @@ import pathlib
 import boto3
 import pytest
 from support.artifacts import build
-from support.mlserver_process import MLServerProcess
+from support.mlserver_process import MLServerProcess, servers_started
 from support.s3server import BUCKET, CREDENTIALS, PREFIX, CountingS3Server, boto3_credentials, s3_env
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -84,20 +84,11 @@ def prefix(s3, request):
 
 @pytest.fixture
 def start_server(s3, prefix, tmp_path):
-    started = []
-
-    def start(cache_dir=None, **settings):
-        env = {
-            **CREDENTIALS,
-            "AWS_ENDPOINT_URL_S3": s3.url,
-            "MLSERVER_MME_MODEL_PREFIX": f"s3://{BUCKET}/{prefix.key}",
-            "MLSERVER_MME_CACHE_DIR": str(cache_dir or tmp_path / "cache"),
-            **{f"MLSERVER_MME_{key.upper()}": str(value) for key, value in settings.items()},
-        }
-        process = MLServerProcess(env, str(tmp_path / f"log{len(started)}")).start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
+    env = {
+        **CREDENTIALS,
+        "AWS_ENDPOINT_URL_S3": s3.url,
+        "MLSERVER_MME_MODEL_PREFIX": f"s3://{BUCKET}/{prefix.key}",
+        "MLSERVER_MME_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    with servers_started(env, tmp_path) as start:
+        yield start

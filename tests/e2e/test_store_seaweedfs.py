@@ -4,7 +4,7 @@ swapped in, and a warm restart that downloads nothing."""
 import httpx
 import pytest
 from support.artifacts import EXPECTED, example_bytes, example_targets
-from support.mlserver_process import MLServerProcess
+from support.mlserver_process import servers_started
 from support.seaweedfs import CREDENTIALS, SeaweedFS, installed
 from support.serving import call, loaded, metric, metrics_text, wait_until
 
@@ -25,23 +25,14 @@ def weed(tmp_path_factory):
 
 @pytest.fixture
 def start_server(weed, tmp_path):
-    started = []
-
-    def start(**settings):
-        env = {
-            **CREDENTIALS,
-            "AWS_ENDPOINT_URL_S3": weed.url,
-            "MLSERVER_MME_MODEL_PREFIX": f"s3://{BUCKET}/{PREFIX}",
-            "MLSERVER_MME_CACHE_DIR": str(tmp_path / "cache"),
-            **{f"MLSERVER_MME_{key.upper()}": str(value) for key, value in settings.items()},
-        }
-        server = MLServerProcess(env, str(tmp_path / f"log{len(started)}")).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+    env = {
+        **CREDENTIALS,
+        "AWS_ENDPOINT_URL_S3": weed.url,
+        "MLSERVER_MME_MODEL_PREFIX": f"s3://{BUCKET}/{PREFIX}",
+        "MLSERVER_MME_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    with servers_started(env, tmp_path) as start:
+        yield start
 
 
 def test_every_artifact_is_listed_loads_and_answers_its_predictions(start_server):

@@ -1,5 +1,6 @@
 """A real ``mlserver start model-settings/`` process on free loopback ports."""
 
+import contextlib
 import os
 import random
 import signal
@@ -7,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Callable, Iterator, List
 
 import httpx
 
@@ -99,3 +101,22 @@ class MLServerProcess:
         if self.process:
             terminate(self.process, 15)
             self._log.close()
+
+
+@contextlib.contextmanager
+def servers_started(env: dict, folder) -> Iterator[Callable[..., MLServerProcess]]:
+    """``start(**settings)``: a server with ``env`` and each setting as ``MLSERVER_MME_<NAME>`` (over ``env``'s),
+    its log in ``folder``; every server started is stopped on exit."""
+    started: List[MLServerProcess] = []
+
+    def start(**settings) -> MLServerProcess:
+        settings_env = {f"MLSERVER_MME_{key.upper()}": str(value) for key, value in settings.items()}
+        server = MLServerProcess({**env, **settings_env}, os.path.join(str(folder), f"log{len(started)}")).start()
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
