@@ -249,7 +249,8 @@ def test_a_restart_loads_the_previous_hot_set_from_disk_in_the_background(prefix
 def test_preloaded_models_are_loaded_at_start_and_never_unloaded(prefix, start_server):
     houston(prefix, "pin1", "pin2", "x", "y")
     server = start_server(preload="pin1.tar.gz, pin2.tar.gz", max_loaded_models=1)
-    assert loaded(server) == {"pin1", "pin2"}
+    # /ping answers once the router is loaded; MLServer loads the preloaded models beside it, maybe a moment later
+    wait_until(lambda: loaded(server) == {"pin1", "pin2"}, message="the preloaded models loaded")
     for name in ("x", "y", "pin1"):
         assert call(server, f"{name}.tar.gz").json() == HOUSTON
     assert loaded(server) == {"pin1", "pin2", "y"}
