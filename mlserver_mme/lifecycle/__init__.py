@@ -70,6 +70,7 @@ class ModelLifecycle:
         self.hosted = HostedModels(self)
         self.revalidator = Revalidator(self, settings.revalidate_after)
         self._tasks: Set[asyncio.Task] = set()  # loads and unloads; strong references, the loop keeps weak ones
+        self._count_pass_due = False  # a budget pass is started for a release (Budgets.over_count)
         self.evicted = EvictionMemory(settings.reload_window)
         self.hot_set = HotSet(self, settings.cache_dir, settings.model_prefix, settings.hot_set_record_seconds)
         self._metrics = metrics()
@@ -89,9 +90,18 @@ class ModelLifecycle:
         self._metrics.loading_wait.observe(time.perf_counter() - started)
         return self.use(entry)
 
-    @staticmethod
-    def release(entry: Entry) -> None:
+    def release(self, entry: Entry) -> None:
         entry.release()
+        if self.budgets.over_count and entry.in_flight == 0 and not self._count_pass_due:
+            # a load went over the count while this model was busy: it may go now
+            self._count_pass_due = True
+            self._keep(self._enforce_count_again())
+
+    async def _enforce_count_again(self) -> None:
+        try:
+            await self.budgets.enforce_count()
+        finally:
+            self._count_pass_due = False  # a release while it ran was seen by it (no await between pick and verdict)
 
     def use(self, entry: Entry) -> Entry:
         entry.in_flight += 1

@@ -36,6 +36,8 @@ class Budgets:
         self.cache = cache
         self.measure = measure  # the server's memory in bytes
         self._pass = asyncio.Lock()
+        # a pass left the count over because every other model was busy: the next release runs it again
+        self.over_count = False
 
     def within_count(self) -> bool:
         """Whether the models counted (loading ones included) are within ``max_loaded_models``."""
@@ -70,14 +72,21 @@ class Budgets:
             metrics().memory_bytes.set(used)
             return used <= self.memory_limit
 
-    async def _enforce_count(self, protect: Entry) -> None:
+    async def enforce_count(self) -> None:
+        """Unload models over ``max_loaded_models`` (a pass that found the others busy, run again)."""
+        async with self._pass:
+            await self._enforce_count(None)
+
+    async def _enforce_count(self, protect: Optional[Entry]) -> None:
         if self.max_loaded_models is None:
             return
         while self.models.counted() > self.max_loaded_models:
             victim = self.models.victim(protect, for_memory=False)
             if victim is None:
-                break  # the others are busy: over the count until they are not
+                self.over_count = True  # the others are busy: over the count until one is released
+                return
             await self.unload(victim, "count")
+        self.over_count = False
 
     async def trim_disk(self) -> None:
         """Delete least recently used artifacts of models the lifecycle does not hold, down to the disk limit."""

@@ -364,6 +364,31 @@ def test_a_model_with_a_request_in_flight_stays_whatever_its_worth(monkeypatch):
     asyncio.run(scenario())
 
 
+async def turns_until(condition, turns=100) -> bool:
+    """Whether ``condition()`` holds within ``turns`` turns of the event loop (background work runs meanwhile)."""
+    for _ in range(turns):
+        if condition():
+            return True
+        await asyncio.sleep(0)
+    return condition()
+
+
+@pytest.mark.parametrize("policy, kept", [("lru", "b"), ("tinylfu", "a")])  # a: used first, slower to load
+def test_a_load_over_the_count_while_the_others_were_busy_is_undone_once_one_is_released(policy, kept, monkeypatch):
+    async def scenario():
+        lifecycle = lifecycle_of(policy, monkeypatch, max_loaded_models=1)
+        held = await lifecycle.acquire("a")
+        lifecycle.release(await lifecycle.acquire("b"))  # a has a request in flight: b loads over the count
+        names = {entry.name for entry in lifecycle.models}
+        assert names == {v2_name("a"), v2_name("b")} and lifecycle.budgets.over_count
+        lifecycle.release(held)  # a can go now: the budgets run again
+        done = await turns_until(lambda: len(lifecycle.models) == 1 and not lifecycle.budgets.over_count)
+        assert done, "still over the count"
+        return {entry.name for entry in lifecycle.models}
+
+    assert asyncio.run(scenario()) == {v2_name(kept)}
+
+
 class GatedLoader(FakeLoader):
     """Each load waits for its target's gate; ``loads`` lists them."""
 
