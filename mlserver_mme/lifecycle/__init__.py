@@ -70,7 +70,7 @@ class ModelLifecycle:
         self.hosted = HostedModels(self)
         self.revalidator = Revalidator(self, settings.revalidate_after)
         self._tasks: Set[asyncio.Task] = set()  # loads and unloads; strong references, the loop keeps weak ones
-        self._count_pass_due = False  # a budget pass is started for a release (Budgets.over_count)
+        self._count_pass_due = False  # a budget pass is started for a release (Budgets.count_blocked_by)
         self.evicted = EvictionMemory(settings.reload_window)
         self.hot_set = HotSet(self, settings.cache_dir, settings.model_prefix, settings.hot_set_record_seconds)
         self._metrics = metrics()
@@ -92,16 +92,15 @@ class ModelLifecycle:
 
     def release(self, entry: Entry) -> None:
         entry.release()
-        if self.budgets.over_count and entry.in_flight == 0 and not self._count_pass_due:
-            # a load went over the count while this model was busy: it may go now
+        if entry.in_flight == 0 and entry.name in self.budgets.count_blocked_by and not self._count_pass_due:
+            # a load went over the count while this model was busy: the policy may choose among more now
             self._count_pass_due = True
-            self._keep(self._enforce_count_again())
+            task = self._keep(self.budgets.enforce_count())
+            task.add_done_callback(self._count_pass_done)
 
-    async def _enforce_count_again(self) -> None:
-        try:
-            await self.budgets.enforce_count()
-        finally:
-            self._count_pass_due = False  # a release while it ran was seen by it (no await between pick and verdict)
+    def _count_pass_done(self, task: asyncio.Task) -> None:
+        # a release while the pass ran was seen by it: nothing is awaited between its pick and its verdict
+        self._count_pass_due = False
 
     def use(self, entry: Entry) -> Entry:
         entry.in_flight += 1

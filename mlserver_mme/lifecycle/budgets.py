@@ -10,7 +10,7 @@ outside it.
 """
 
 import asyncio
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable, Optional, Set
 
 from ..artifacts.cache import ArtifactCache
 from ..naming import v2_name
@@ -36,8 +36,9 @@ class Budgets:
         self.cache = cache
         self.measure = measure  # the server's memory in bytes
         self._pass = asyncio.Lock()
-        # a pass left the count over because every other model was busy: the next release runs it again
-        self.over_count = False
+        # the models whose requests kept a pass from unloading enough for the count: the release of the last
+        # request of one of them runs the pass again (``ModelLifecycle.release``)
+        self.count_blocked_by: Set[str] = set()
 
     def within_count(self) -> bool:
         """Whether the models counted (loading ones included) are within ``max_loaded_models``."""
@@ -82,11 +83,11 @@ class Budgets:
             return
         while self.models.counted() > self.max_loaded_models:
             victim = self.models.victim(protect, for_memory=False)
-            if victim is None:
-                self.over_count = True  # the others are busy: over the count until one is released
+            if victim is None:  # the others are busy: over the count until one of them is released
+                self.count_blocked_by = {entry.name for entry in self.models.busy(protect)}
                 return
             await self.unload(victim, "count")
-        self.over_count = False
+        self.count_blocked_by = set()
 
     async def trim_disk(self) -> None:
         """Delete least recently used artifacts of models the lifecycle does not hold, down to the disk limit."""

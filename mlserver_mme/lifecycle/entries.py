@@ -16,7 +16,7 @@ import collections
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 from mlserver import MLModel
 
@@ -126,6 +126,15 @@ class ModelTable:
     def counted(self) -> int:
         """Models that count against ``max_loaded_models``: loading or loaded, not pinned."""
         return sum(not e.pinned and e.state in (State.LOADING, State.READY) for e in self._entries.values())
+
+    def busy(self, protect: Optional[Entry] = None) -> List[Entry]:
+        """The loaded, unpinned models other than ``protect`` that cannot go at once: a request holds them or
+        waits for them, or an operation of their own is under way."""
+        return [
+            entry for entry in self._entries.values()
+            if entry is not protect and entry.state is State.READY and not entry.pinned
+            and (entry.in_flight > 0 or entry.waiting > 0 or entry.operation.locked())
+        ]
 
     def victim(self, protect: Optional[Entry] = None, for_memory: bool = True) -> Optional[Entry]:
         """The policy's choice among the models that can be unloaded at once, without waiting for anything."""

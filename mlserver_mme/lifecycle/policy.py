@@ -15,8 +15,9 @@ those constraints are the table's: no policy can unload a pinned or busy model.
   follows a shift of popularity, it watches the requests for models asked for within the last
   ``loaded`` requests, hot enough to deserve a slot: they mostly find their model loaded (~2 % miss on
   that trace). In a period of ``loaded / 2`` requests (at least 100) where more than 30 % of
-  them missed, and more than 3 times the usual share (a workload that misses that much anyway
-  is no shift), the counts describe a past popularity: only the models asked for in the
+  them missed, and more than 3 times the usual share (a moving average over periods, set by
+  the first period with 20 such requests: a workload that misses that much anyway is no
+  shift), the counts describe a past popularity: only the models asked for in the
   period are kept, each with a count of 1. A scan never looks like a shift: its models are
   asked for once each. A model's worth is its frequency times the square root of what a miss
   of it costs (its measured load seconds), per byte it holds (its measured memory) when the
@@ -100,7 +101,7 @@ class FrequencyHistory:
         self.period_start = 0
         self.repeats = 0  # in the period: requests for a model asked for within the last ``loaded`` requests
         self.repeats_missed = 0  # those that had to load it
-        self.usual_missed_share = 0.0
+        self.usual_missed_share: Optional[float] = None  # None until a period had enough repeated requests
         self.shifts = 0
 
     def add(self, name: str, loaded: int, missed: bool = False) -> None:
@@ -127,10 +128,15 @@ class FrequencyHistory:
     def end_period(self) -> None:
         if self.repeats >= _MIN_REPEATS:
             share = self.repeats_missed / self.repeats
-            if share > _SHIFT_SHARE and share > _SHIFT_TIMES_USUAL * self.usual_missed_share:
-                self.counts = {name: 1 for name, at in self.last.items() if at > self.period_start}
-                self.shifts += 1
-            self.usual_missed_share += _USUAL_WEIGHT * (share - self.usual_missed_share)
+            usual = self.usual_missed_share
+            if usual is None:  # the first measured period sets the usual share: no verdict without one
+                self.usual_missed_share = share
+            else:
+                if share > _SHIFT_SHARE and share > _SHIFT_TIMES_USUAL * usual:
+                    self.counts = {name: 1 for name, at in self.last.items() if at > self.period_start}
+                    self.added = 0  # the next halving is a whole window away: the fresh counts of 1 survive it
+                    self.shifts += 1
+                self.usual_missed_share = usual + _USUAL_WEIGHT * (share - usual)
         self.period_start = self.clock
         self.repeats = self.repeats_missed = 0
 

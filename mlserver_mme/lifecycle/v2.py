@@ -63,7 +63,7 @@ class V2Gate:
         try:
             yield
         finally:
-            entry.release()
+            self.lifecycle.release(entry)
 
     async def ready(self, name: str, original: Callable[[], Awaitable[bool]]) -> bool:
         """Whether ``name`` is loaded now; nothing is fetched or loaded to answer."""

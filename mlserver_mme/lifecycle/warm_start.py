@@ -41,8 +41,9 @@ MAX_RECORDED = 10_000  # models; a record stays a few hundred KB at most
 LOADS_AT_ONCE = 2  # a HEAD, a read from disk and a parse each: two keep a core busy
 
 
-def read_record(cache_dir: str) -> Optional[dict]:
-    """The record in ``cache_dir`` (a JSON object), or None if there is none or it cannot be read as one."""
+def read_record(cache_dir: str, warn: bool = False) -> Optional[dict]:
+    """The record in ``cache_dir`` (a JSON object), or None if there is none or it cannot be read as one
+    (with ``warn``, said in the log)."""
     path = os.path.join(cache_dir, FILE_NAME)
     try:
         with open(path) as file:
@@ -50,7 +51,8 @@ def read_record(cache_dir: str) -> Optional[dict]:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
-        logger.warning("event=hot-set-unreadable path=%s error=%s", path, error)
+        if warn:
+            logger.warning("event=hot-set-unreadable path=%s error=%s", path, error)
         return None
     return record if isinstance(record, dict) else None
 
@@ -112,7 +114,7 @@ class HotSet:
         await self._record_every()
 
     def _read(self) -> List[dict]:
-        record = read_record(os.path.dirname(self.path))
+        record = read_record(os.path.dirname(self.path), warn=True)
         if record is None or record.get("prefix") != self.prefix:
             return []  # another prefix's models, or no record
         models = record.get("models")
