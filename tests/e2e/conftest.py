@@ -84,11 +84,5 @@ def prefix(s3, request):
 
 @pytest.fixture
 def start_server(s3, prefix, tmp_path):
-    env = {
-        **CREDENTIALS,
-        "AWS_ENDPOINT_URL_S3": s3.url,
-        "MLSERVER_MME_MODEL_PREFIX": f"s3://{BUCKET}/{prefix.key}",
-        "MLSERVER_MME_CACHE_DIR": str(tmp_path / "cache"),
-    }
-    with servers_started(env, tmp_path) as start:
+    with servers_started(CREDENTIALS, s3.url, f"s3://{BUCKET}/{prefix.key}", tmp_path) as start:
         yield start

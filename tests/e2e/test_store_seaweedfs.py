@@ -25,13 +25,7 @@ def weed(tmp_path_factory):
 
 @pytest.fixture
 def start_server(weed, tmp_path):
-    env = {
-        **CREDENTIALS,
-        "AWS_ENDPOINT_URL_S3": weed.url,
-        "MLSERVER_MME_MODEL_PREFIX": f"s3://{BUCKET}/{PREFIX}",
-        "MLSERVER_MME_CACHE_DIR": str(tmp_path / "cache"),
-    }
-    with servers_started(env, tmp_path) as start:
+    with servers_started(CREDENTIALS, weed.url, f"s3://{BUCKET}/{PREFIX}", tmp_path) as start:
         yield start
 
 

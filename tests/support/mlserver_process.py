@@ -104,9 +104,16 @@ class MLServerProcess:
 
 
 @contextlib.contextmanager
-def servers_started(env: dict, folder) -> Iterator[Callable[..., MLServerProcess]]:
-    """``start(**settings)``: a server with ``env`` and each setting as ``MLSERVER_MME_<NAME>`` (over ``env``'s),
-    its log in ``folder``; every server started is stopped on exit."""
+def servers_started(credentials: dict, endpoint: str, prefix_uri: str, folder) -> Iterator[Callable[..., MLServerProcess]]:
+    """``start(**settings)``: a server of the models under ``prefix_uri`` in the S3 store at ``endpoint``, its
+    cache and logs in ``folder``, each setting as ``MLSERVER_MME_<NAME>`` (``cache_dir`` too); every server
+    started is stopped on exit."""
+    env = {
+        **credentials,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "MLSERVER_MME_MODEL_PREFIX": prefix_uri,
+        "MLSERVER_MME_CACHE_DIR": os.path.join(str(folder), "cache"),
+    }
     started: List[MLServerProcess] = []
 
     def start(**settings) -> MLServerProcess:
